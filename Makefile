@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv when missing and
+# installs what it needs: torch 2.13.0 (the CPU build) first, so that nothing pulls a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bastion-installed
+PEERS := .venv-bench/.peers-installed
+
+.PHONY: demo test lint bench-scan bench-sign
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,torch]'
+	touch $(STAMP)
+
+$(PEERS): bench/setup-peers.sh
+	bash bench/setup-peers.sh
+
+demo: $(STAMP)
+	$(BIN)/bastion demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+test: $(STAMP) $(PEERS) lint
+	$(BIN)/python -m pytest -n 2 -q
+
+bench-scan: $(STAMP) $(PEERS)
+	$(BIN)/python bench/scan/run.py
+
+bench-sign: $(STAMP) $(PEERS)
+	$(BIN)/python bench/sign/run.py

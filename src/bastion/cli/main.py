@@ -1,0 +1,22 @@
+"""Entry point: `bastion COMMAND`."""
+
+from __future__ import annotations
+
+import typer
+
+from bastion.cli.demo import demo_command
+from bastion.cli.scan import scan_command
+
+app = typer.Typer(
+    name="bastion",
+    help="Secure machine-learning systems end to end: scan, sign, assess, audit, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("scan")(scan_command)
+app.command("demo")(demo_command)
+
+
+def main() -> None:
+    app()

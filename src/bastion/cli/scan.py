@@ -1,0 +1,46 @@
+"""`bastion scan PATH...`: is this model file safe to load?"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from bastion.cli.common import (
+    FailOnOption,
+    FormatOption,
+    OutOption,
+    emit,
+    friendly_errors,
+    parse_severity,
+)
+from bastion.report import Report
+from bastion.supplychain.scan import ScanResult, scan
+
+
+def scan_report(result: ScanResult, command: str) -> Report:
+    artifacts = [
+        {"path": f.path, "formats": f.formats, "size": f.size, "seconds": round(f.seconds, 6)}
+        for f in result.files
+    ]
+    metrics = {"files": len(result.files), "bytes": sum(f.size for f in result.files)}
+    return Report(command, result.findings, artifacts, metrics)
+
+
+@friendly_errors
+def scan_command(
+    paths: Annotated[
+        list[str], typer.Argument(help="Model files or folders (scanned recursively).")
+    ],
+    fmt: FormatOption = "table",
+    fail_on: FailOnOption = "high",
+    out: OutOption = None,
+    trust: Annotated[
+        Optional[list[str]],  # noqa: UP045 - typer reads the annotation at run time
+        typer.Option("--trust", help="Treat classes from this package as trusted (low)."),
+    ] = None,
+) -> None:
+    """Scan model files for code that would run on load, by content, never by name."""
+    threshold = parse_severity(fail_on)
+    result = scan(*paths, trusted=trust or ())
+    emit(scan_report(result, "scan " + " ".join(paths)), fmt, out, threshold)
