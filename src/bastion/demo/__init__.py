@@ -1,0 +1,1 @@
+"""The embedded example: benign models and crafted malicious files with harmless payloads."""
