@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 $(PEERS): bench/setup-peers.sh
 	bash bench/setup-peers.sh
+	touch $(PEERS)
 
 demo: $(STAMP)
 	$(BIN)/bastion demo

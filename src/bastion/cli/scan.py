@@ -39,8 +39,12 @@ def scan_command(
         Optional[list[str]],  # noqa: UP045 - typer reads the annotation at run time
         typer.Option("--trust", help="Treat classes from this package as trusted (low)."),
     ] = None,
+    jobs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--jobs", "-j", help="Processes to scan with (default: all cores)."),
+    ] = None,
 ) -> None:
     """Scan model files for code that would run on load, by content, never by name."""
     threshold = parse_severity(fail_on)
-    result = scan(*paths, trusted=trust or ())
+    result = scan(*paths, trusted=trust or (), jobs=jobs)
     emit(scan_report(result, "scan " + " ".join(paths)), fmt, out, threshold)

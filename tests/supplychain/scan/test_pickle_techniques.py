@@ -79,6 +79,15 @@ EXPECTED_GADGET = {
     "nested_torch_load_from_computed_bytes": "torch.storage._load_from_bytes",
     "dotted_dunder_globals_chain": "uuid.UUID.__init__.__globals__",
     "torch_fx_graph_module_source": "torch.fx.graph_module.reduce_graph_module",
+    "pandas_expr_eval": "pandas.core.computation.expr.Expr",
+    "scipy_uarray_unpickle_function": "scipy._lib._uarray._backend.unpickle_function",
+    "joblib_unpickle_nested": "joblib.numpy_pickle._unpickle",
+    "loky_cloudpickle_wrapper_nested":
+        "joblib.externals.loky.cloudpickle_wrapper._reconstruct_wrapper",
+    "torch_sympy_sympify": "torch.utils._sympy.functions.FloorDiv",
+    "numpy_npzfile_allow_pickle": "numpy.lib.npyio.NpzFile",
+    "torch_datapipe_decoder_pickle":
+        "torch.utils.data.datapipes.iter.routeddecoder.RoutedDecoderIterDataPipe",
 }
 EXTENSION_TECHNIQUES = {*EXTENSION_CODES, "ext_unregistered"}
 
@@ -97,7 +106,7 @@ def gadgets(findings: list[Finding]) -> dict[str, Finding]:
 def test_catalogue_is_large_and_reproducible(tmp_path: Path) -> None:
     marker = tmp_path / "PAYLOAD_RAN"
     compressed = {"joblib_zlib", "joblib_gzip", "joblib_bz2", "joblib_xz", "joblib_lzma",
-                  "torch_zip_deflated"}
+                  "torch_zip_deflated", "numpy_npzfile_allow_pickle"}  # the last: computed bytes
     assert len(TECHNIQUES) >= 60
     for name, build in TECHNIQUES.items():
         filename, data = build(marker)
@@ -211,6 +220,20 @@ def test_torch_zip_read_by_central_directory_name(tmp_path: Path, marker: Path) 
     assert gadgets(findings)["os.system"].location.member == "archive/data.pkl"
     mismatch = [f for f in findings if f.rule_id == "BST-SCAN-ZIP-001"]
     assert mismatch[0].evidence == {"central": "archive/data.pkl", "local": "archive/data/000"}
+
+
+@pytest.mark.parametrize(
+    ("name", "member"),
+    [
+        ("torch_zip_two_central_directories", "archive/data.pkl"),  # the directory torch reads
+        ("torch_zip_uppercase_data_pkl", "archive/DATA.PKL"),
+    ],
+)
+def test_torch_zip_read_as_torch_reads_it(
+    name: str, member: str, tmp_path: Path, marker: Path
+) -> None:
+    found = gadgets(scan_technique(name, tmp_path, marker))
+    assert found["os.system"].location.member == member
 
 
 @pytest.mark.parametrize(
@@ -333,6 +356,29 @@ def analyse(data: bytes, limits: Limits | None = None) -> list[Finding]:
     for machine, _ in analyse_pickles(io.BytesIO(data), Location("test.pkl"), ctx):
         findings.extend(machine.verdicts())
     return findings
+
+
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b"I0x10\n.", 16),  # C strtol and Python int(text, 0) read any base prefix
+        (b"I010\n.", 8),  # strtol's octal
+        (b"I5\x00junk\n.", 5),  # C stops at a NUL byte
+        (b"L0x10L\n.", 16),
+        (b"F1.5\x00junk\n.", 1.5),
+        (b"I7\np0\x00junk\n0g0\n.", 7),
+        (b"S'\xc3\xa9'\n.", "\u00c3\u00a9"),  # torch decodes UTF-8: every byte is kept
+    ],
+)
+def test_text_arguments_are_read_as_the_loader_reads_them(data: bytes, value: object) -> None:
+    ctx = ScanContext(Limits(), dispatch)
+    [(_, loaded)] = analyse_pickles(io.BytesIO(data), Location("test.pkl"), ctx)
+    assert loaded == value
+
+
+@pytest.mark.parametrize("data", [b"I0x\n.", b"Inope\n.", b"S'unquoted\n."])
+def test_text_arguments_the_loader_rejects_break_the_stream(data: bytes) -> None:
+    assert [f.rule_id for f in analyse(data)] == ["BST-SCAN-PKL-004"]
 
 
 def uses_of(findings: list[Finding], qualified: str) -> list[str]:

@@ -6,17 +6,28 @@ embedded payloads are followed, and nothing named in a file is ever imported or 
 
 from __future__ import annotations
 
+import functools
+import io
+import multiprocessing
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from bastion.errors import InputError
 from bastion.findings import Finding, Location, Severity, max_severity
 from bastion.supplychain.scan import rules
 from bastion.supplychain.scan.context import Limits, ScanContext
 from bastion.supplychain.scan.detect import dispatch
+
+# Regular files up to this size are read whole and scanned from memory: a small file's scan
+# is mostly short reads, tells and seeks, which cost far less on BytesIO than on a buffered
+# file (a quarter of the time on 2,000 small pickles).
+READ_WHOLE_BYTES = 1 << 20
 
 
 @dataclass
@@ -68,8 +79,12 @@ def scan_file(path: str | os.PathLike[str], *, trusted: Iterable[str] = (),
     ctx = ScanContext(limits or Limits(), dispatch, frozenset(trusted))
     size = 0
     try:
-        with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            size = info.st_size
+            stream: BinaryIO = handle
+            if stat.S_ISREG(info.st_mode) and size <= READ_WHOLE_BYTES:
+                stream = io.BytesIO(handle.read(READ_WHOLE_BYTES))
             findings = dispatch(stream, location, ctx)
     except OSError as exc:
         findings = [rules.unreadable_finding(exc.strerror or str(exc), location)]
@@ -77,14 +92,33 @@ def scan_file(path: str | os.PathLike[str], *, trusted: Iterable[str] = (),
     return FileReport(str(path), formats, findings, size, time.perf_counter() - started)
 
 
+# Below this many files a process pool costs more than it saves.
+FILES_PER_WORKER = 16
+
+
+def _workers(jobs: int | None, files: int) -> int:
+    wanted = jobs if jobs is not None else (os.cpu_count() or 1)
+    return max(1, min(wanted, files // FILES_PER_WORKER))
+
+
 def scan(*paths: str | os.PathLike[str], trusted: Iterable[str] = (),
-         limits: Limits | None = None) -> ScanResult:
-    """Scan files and directories (recursively). Raises InputError for a missing path."""
+         limits: Limits | None = None, jobs: int | None = None) -> ScanResult:
+    """Scan files and directories (recursively), in parallel across `jobs` processes (all
+    cores by default) when there are many files. Raises InputError for a missing path."""
     if not paths:
         raise InputError("nothing to scan: give at least one file or directory")
-    trusted = tuple(trusted)
+    if jobs is not None and jobs < 1:
+        raise InputError(f"jobs must be at least 1, not {jobs}")
     files = list(_files(paths))
-    return ScanResult([scan_file(p, trusted=trusted, limits=limits) for p in files])
+    one = functools.partial(scan_file, trusted=tuple(trusted), limits=limits)
+    workers = _workers(jobs, len(files))
+    if workers == 1:
+        return ScanResult([one(p) for p in files])
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        chunk = max(1, len(files) // (workers * 8))
+        return ScanResult(list(pool.map(one, files, chunksize=chunk)))
 
 
 __all__ = ["FileReport", "Limits", "ScanResult", "scan", "scan_file"]

@@ -11,6 +11,7 @@ size the loaded object *would* expand to is counted instead, to catch billion-la
 
 from __future__ import annotations
 
+import codecs
 import copyreg
 import pickletools
 import warnings
@@ -115,12 +116,84 @@ def depth_of(*values: Any) -> int:
 _SMALL_READ = 1 << 16
 
 
+def _read_line(f: Any) -> bytes:
+    line = f.readline()
+    if not line.endswith(b"\n"):
+        raise ValueError("no newline found when reading a text argument")
+    return line[:-1]
+
+
+def _c_number(text: bytes) -> bytes:
+    """The C unpickler parses numbers with C functions that stop at a NUL byte: to
+    pickle.load and torch.load, 'I5\\0junk' is 5."""
+    return text.split(b"\0", 1)[0]
+
+
+def _read_int(f: Any) -> int:
+    """INT as the loaders read it: C with strtol(base 0), Python with int(text, 0), so
+    '0x10' and '0o7' are numbers (pickletools accepts base 10 only)."""
+    text = _c_number(_read_line(f))
+    if text in (b"00", b"01"):
+        return text == b"01"
+    try:
+        return int(text, 0)
+    except ValueError:
+        return int(text, 8)  # strtol reads '010' as octal, which int(text, 0) refuses
+
+
+def _read_long(f: Any) -> int:
+    text = _read_line(f)
+    return int(_c_number(text[:-1] if text.endswith(b"L") else text), 0)
+
+
+def _read_float(f: Any) -> float:
+    return float(_c_number(_read_line(f)))
+
+
+def _read_memo_key(f: Any) -> int:
+    return int(_c_number(_read_line(f)))
+
+
+def _read_string(f: Any) -> str:
+    """STRING: torch.load decodes it as UTF-8, pickle.load as ASCII (pickletools refuses
+    anything but ASCII); keep every byte, as latin-1."""
+    text = _read_line(f)
+    if len(text) < 2 or text[:1] != text[-1:] or text[:1] not in (b"'", b'"'):
+        raise ValueError("STRING argument without matching quotes")
+    return codecs.escape_decode(text[1:-1])[0].decode("latin-1")
+
+
+# Text-line arguments that pickletools reads more strictly than the loaders: a stream it
+# refused there would hide every opcode after it from the scan while the loader runs them.
+_LOADER_READERS = {
+    "INT": _read_int,
+    "LONG": _read_long,
+    "FLOAT": _read_float,
+    "GET": _read_memo_key,
+    "PUT": _read_memo_key,
+    "STRING": _read_string,
+}
+_OPCODES = {
+    op.code.encode("latin-1"): (op, _LOADER_READERS.get(op.name, op.arg and op.arg.reader))
+    for op in pickletools.opcodes
+}
+
+
 def quiet_genops(stream: Any) -> Iterator[tuple[Any, Any, int]]:
-    """pickletools.genops without the DeprecationWarning it raises for odd escapes in
-    protocol-0 strings (hostile files are full of them)."""
+    """pickletools.genops with arguments read as the loaders read them, and without the
+    DeprecationWarning it raises for odd escapes in protocol-0 strings (hostile files are
+    full of them)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        yield from pickletools.genops(stream)
+        while True:
+            pos = stream.tell()
+            code = stream.read(1)
+            if code not in _OPCODES:
+                raise ValueError(f"opcode {code!r} unknown" if code else "pickle exhausted")
+            opcode, reader = _OPCODES[code]
+            yield opcode, (None if reader is None else reader(stream)), pos
+            if opcode.name == "STOP":
+                return
 
 
 class _CappedReads:

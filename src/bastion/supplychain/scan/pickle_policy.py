@@ -73,9 +73,10 @@ _SAFE = frozenset(
     torch.serialization._get_layout torch._utils._get_restore_location
     """.split()
 )
+# Typed storages, and the legacy tensor types that legacy checkpoints name.
 _TORCH_STORAGES = re.compile(
     r"torch\.(cuda\.)?(Untyped|Float|Double|Half|BFloat16|Long|Int|Short|Char|Byte|Bool|"
-    r"ComplexFloat|ComplexDouble|QUInt8|QInt8|QInt32|QUInt4x2|QUInt2x4)Storage"
+    r"ComplexFloat|ComplexDouble|QUInt8|QInt8|QInt32|QUInt4x2|QUInt2x4)(Storage|Tensor)"
 )
 _NUMPY_SCALARS = re.compile(
     r"numpy\.(u?int(8|16|32|64|c|p)?|float(16|32|64|128)?|complex(64|128|256)?|bool_?|"
@@ -88,11 +89,25 @@ _TORCH_DTYPES = re.compile(
 )
 
 # Packages whose classes are expected in model files: a class given state is low.
-_TRUSTED_PACKAGES = frozenset(
-    "sklearn numpy scipy pandas xgboost lightgbm catboost torch joblib".split()
+# Where in those packages the classes live: torch's trusted classes are its nn modules and
+# optimizers (torch also holds sympy expressions, data pipes and compilers, which run code
+# when built), joblib's only its array wrappers.
+_TRUSTED_PREFIXES = (
+    "sklearn.", "numpy.", "scipy.", "pandas.", "xgboost.", "lightgbm.", "catboost.",
+    "torch.nn.", "torch.optim.", "joblib.numpy_pickle.N",
 )
-# Reconstructor-shaped functions (Cython and pandas helpers) inside trusted packages.
-_RECONSTRUCTOR = re.compile(r"^_*(pyx_unpickle|unpickle|new_|reconstruct|rebuild|restore)")
+# Cython's generated reconstructor (`__pyx_unpickle_Class`) only rebuilds its own class.
+_CYTHON_RECONSTRUCTOR = re.compile(r"__pyx_unpickle_\w+")
+# Pandas' reconstructor functions, as pandas' own pickles name them.
+_TRUSTED_FUNCTIONS = frozenset(
+    """
+    pandas._libs.internals._unpickle_block pandas.core.indexes.base._new_Index
+    pandas._libs.tslibs.timestamps._unpickle_timestamp
+    pandas._libs.tslibs.timedeltas._timedelta_unpickle pandas._libs.tslibs.nattype.__nat_unpickle
+    pandas._libs.sparse._unpickle_sparse_index pandas.core.arrays.sparse.array._new_SparseArray
+    pandas._libs.tslibs.offsets._offset_map pandas.core.dtypes.dtypes._unpickle_dtype
+    """.split()
+)
 
 # Known gadgets: dotted names (and whole modules) that run code, touch files or the
 # network, import things by name, or load further serialised payloads.
@@ -200,6 +215,8 @@ _GADGET_MODULES = {
     "numpy.fromfile": "reads files",
     "numpy.memmap": "maps files into memory",
     "numpy.lib.format.open_memmap": "maps files into memory",
+    "numpy.lib.npyio": "reads array files, unpickling their members (NpzFile, load)",
+    "numpy.lib._npyio_impl": "reads array files, unpickling their members (NpzFile, load)",
     "numpy.distutils": "runs build commands",
     "numpy.f2py": "compiles and runs code",
     "numpy.testing": "runs commands",
@@ -214,7 +231,7 @@ _GADGET_MODULES = {
     "torch._C": "calls native internals",
     "torch.classes": "loads custom native classes",
     "torch.distributed": "opens network connections (rendezvous stores, RPC)",
-    "torch.fx.graph_module": "executes Python source stored in the file (GraphModule code)",
+    "torch.fx": "executes Python source stored in the file (GraphModule code)",
     "numpy.ctypeslib": "loads native libraries",
     "torch.utils.tensorboard": "writes event files and directories",
     "pandas.HDFStore": "opens and writes files",
@@ -226,7 +243,16 @@ _GADGET_MODULES = {
     "pandas.read_pickle": "loads a nested pickle",
     "pandas.io": "reads files or URLs",
     "pandas.eval": "evaluates expressions",
+    "pandas.core.computation": "evaluates expressions that can call any function (Expr)",
     "joblib.load": "loads a nested pickle",
+    "joblib.numpy_pickle._unpickle": "loads a nested pickle from a file object",
+    "joblib.externals": "starts worker processes and loads nested pickles (loky, cloudpickle)",
+    "scipy._lib._uarray": "imports a function by module and attribute name (unpickle_function)",
+    "sympy": "parses strings into expressions with eval (sympify)",
+    "torch.utils._sympy": "sympy expressions: string arguments are parsed with eval (sympify)",
+    "torch._inductor": "compiles and runs generated code",
+    "torch._dynamo": "compiles and runs generated code",
+    "torch.utils.data.datapipes": "decodes nested pickles and opens files (datapipe decoders)",
     "scipy.io": "reads and writes files",
     "keras.models.load_model": "loads a nested model",
     "tensorflow": "runs a TensorFlow graph with file and network ops",
@@ -271,9 +297,11 @@ def classify(qualified: str, trusted_modules: frozenset[str] = frozenset()) -> V
     if reason is not None:
         return Verdict(Kind.DANGEROUS, reason)
     parts = qualified.split(".")
-    if parts[0] in _TRUSTED_PACKAGES or parts[0] in trusted_modules:
-        leaf = parts[-1]
-        if leaf[:1].isupper() or _RECONSTRUCTOR.match(leaf):
-            return Verdict(Kind.TRUSTED, f"class or reconstructor from trusted package {parts[0]}")
+    leaf = parts[-1]
+    if parts[0] in trusted_modules or qualified.startswith(_TRUSTED_PREFIXES):
+        if qualified in _TRUSTED_FUNCTIONS or _CYTHON_RECONSTRUCTOR.fullmatch(leaf):
+            return Verdict(Kind.TRUSTED, f"reconstructor from trusted package {parts[0]}")
+        if leaf[:1].isupper() or parts[0] in trusted_modules:
+            return Verdict(Kind.TRUSTED, f"class from trusted package {parts[0]}")
         return Verdict(Kind.UNKNOWN, f"function {leaf} of {parts[0]} is not a known reconstructor")
     return Verdict(Kind.UNKNOWN, "not on the allowlist of safe reconstructors")

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from bastion.findings import Finding, Location, Severity
-from bastion.supplychain.scan import chat_template, rules
+from bastion.supplychain.scan import rules
+
+if TYPE_CHECKING:
+    from bastion.supplychain.scan import chat_template
 from bastion.supplychain.scan.context import LimitExceeded, ScanContext, stream_size
 from bastion.supplychain.scan.formats.base import FormatScanner
 
@@ -321,6 +324,8 @@ def _byte_order(stream: BinaryIO) -> str:
 
 
 def _template_findings(templates: dict[str, str], loc: Location) -> list[Finding]:
+    from bastion.supplychain.scan import chat_template  # loads jinja2: only when needed
+
     findings = []
     for key, source in templates.items():
         try:

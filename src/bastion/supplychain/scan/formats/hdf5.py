@@ -25,9 +25,6 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
 
-import h5py
-import numpy as np
-
 from bastion.findings import Finding, Location
 from bastion.supplychain.scan import rules
 from bastion.supplychain.scan.context import ScanContext, stream_size
@@ -96,6 +93,8 @@ class _RemoteFile(io.RawIOBase):
 def _as_bytes(value: Any) -> bytes | None:
     """Keras writes the JSON as a fixed-length byte string; h5py may also give str or a
     one-element array."""
+    import numpy as np
+
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(()).item()
     if isinstance(value, str):
@@ -104,6 +103,8 @@ def _as_bytes(value: Any) -> bytes | None:
 
 
 def _read_attributes(file: BinaryIO) -> dict[str, bytes | None]:
+    import h5py
+
     with h5py.File(file, "r") as h5:
         return {name: _as_bytes(h5.attrs[name]) for name in KERAS_ATTRIBUTES if name in h5.attrs}
 
@@ -211,6 +212,9 @@ def _spawn(child_conn: Connection, size: int) -> Callable[[], None]:
 def read_keras_attributes(stream: BinaryIO) -> tuple[str, Any]:
     """("done", {attribute: bytes or None}) or ("error" | "crash", reason), the file being
     parsed in a child process."""
+    import h5py  # noqa: F401 - loaded once in the parent, so forked children inherit it
+    import numpy  # noqa: F401
+
     size = stream_size(stream)
     conn, child_conn = multiprocessing.Pipe()
     stop = _fork(child_conn, conn, size) if CAN_FORK else _spawn(child_conn, size)

@@ -15,10 +15,7 @@ import math
 import struct
 import tokenize
 from dataclasses import dataclass
-from typing import Any, BinaryIO
-
-import numpy as np
-from numpy.lib import format as npy_format
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from bastion.findings import Finding, Location, Severity
 from bastion.supplychain.scan import rules
@@ -26,6 +23,9 @@ from bastion.supplychain.scan.context import LimitExceeded, ScanContext, stream_
 from bastion.supplychain.scan.formats import tar_container, zip_container
 from bastion.supplychain.scan.formats.base import HEAD_BYTES, FormatScanner
 from bastion.supplychain.scan.pickle_machine import analyse_pickles
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"\x93NUMPY"
 # Format version -> (header length field, header encoding), as numpy defines them.
@@ -112,6 +112,8 @@ def _validate(fields: Any) -> tuple[tuple[int, ...], np.dtype]:
     if not isinstance(fields["fortran_order"], bool):
         raise HeaderError("fortran_order is not a bool")
     try:
+        from numpy.lib import format as npy_format  # loaded on first use, not at start-up
+
         dtype = npy_format.descr_to_dtype(fields["descr"])
     except _DTYPE_ERRORS as exc:
         raise HeaderError(f"descr is not a valid dtype: {exc}"[:200]) from None

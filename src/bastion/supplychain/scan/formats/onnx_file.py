@@ -17,11 +17,10 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import onnx
-from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
+if TYPE_CHECKING:  # onnx is imported when an ONNX file is scanned, not at start-up
+    from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from bastion.findings import Finding, Location, Severity
 from bastion.supplychain.scan import rules
@@ -258,6 +257,9 @@ def _custom_domain_findings(model: ModelProto, loc: Location) -> list[Finding]:
 
 
 def scan_onnx(stream: BinaryIO, loc: Location, ctx: ScanContext) -> list[Finding]:
+    import onnx
+    from google.protobuf.message import DecodeError
+
     data = read_bounded(stream, ctx.limits.max_member_bytes, "ONNX model")
     try:
         model = onnx.load_model_from_string(data)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from bastion.findings import Finding, Location
 from bastion.supplychain.scan.context import ScanContext
 from bastion.supplychain.scan.formats.base import FormatScanner
@@ -68,6 +66,8 @@ def _dtype_info(dtype: Any) -> tuple[int, bool] | None:
     spec = _dtype_spec(dtype)
     if spec is None:
         return None
+    import numpy as np  # only joblib files need it; keeps the CLI's start-up short
+
     try:
         parsed = np.dtype(spec)
     except (TypeError, ValueError):

@@ -57,7 +57,11 @@ def _find_eocd(stream: BinaryIO, size: int) -> int | None:
 
 
 def read_directory(stream: BinaryIO) -> list[Member]:
-    """Members as listed by the central directory (ZIP64 aware, prepended data allowed)."""
+    """Members as listed by the central directory (ZIP64 aware, prepended data allowed).
+
+    With data before the archive, zipfile (numpy, keras) shifts every offset by its length
+    while PyTorch's reader (miniz) takes the offsets as written: one file can point each
+    at a different directory, so the members of both readings are returned."""
     size = stream.seek(0, 2)
     eocd = _find_eocd(stream, size)
     if eocd is None:
@@ -76,6 +80,20 @@ def read_directory(stream: BinaryIO) -> list[Member]:
         raise ZipError("ZIP64 sizes without a ZIP64 locator")
     # Data prepended to the archive shifts every offset (as zipfile and self-extractors do).
     shift = max(0, directory_end - cd_size - cd_offset)
+    readings, errors = [], []
+    for offset_shift in dict.fromkeys((shift, 0)):
+        try:
+            readings.append(_read_entries(stream, cd_offset, cd_size, entries, offset_shift))
+        except ZipError as exc:
+            errors.append(exc)
+    if not readings:
+        raise errors[0]
+    return list(dict.fromkeys(member for reading in readings for member in reading))
+
+
+def _read_entries(
+    stream: BinaryIO, cd_offset: int, cd_size: int, entries: int, shift: int
+) -> list[Member]:
     stream.seek(cd_offset + shift)
     directory = stream.read(cd_size)
     members, pos = [], 0
@@ -210,7 +228,7 @@ def _scan_member(
         return findings + keras_config.scan_config_bytes(data, loc)
     head = content.read(HEAD_BYTES)
     content.seek(0)
-    if member.name.endswith(_PICKLE_NAMES):
+    if member.name.lower().endswith(_PICKLE_NAMES):  # torch's lookup ignores case
         # PyTorch unpickles data.pkl by name, so it is a pickle whatever it looks like,
         # read by torch's unpickler (never joblib's).
         ctx.formats.append("pickle")
