@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import codecs
 import copyreg
+import io
 import pickletools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -215,6 +216,11 @@ class _CappedReads:
         return self._stream.read(min(n, max(0, self._end - self._stream.tell())))
 
 
+def _capped(stream: BinaryIO) -> Any:
+    """BytesIO already never reads past its end; other streams get the cap."""
+    return stream if type(stream) is io.BytesIO else _CappedReads(stream)
+
+
 class MalformedPickle(Exception):
     def __init__(self, message: str, offset: int | None) -> None:
         super().__init__(message)
@@ -250,14 +256,14 @@ class PickleMachine:
         (everything before that point has been analysed, as it would have run)."""
         pos = None
         try:
-            for opcode, arg, pos in quiet_genops(_CappedReads(self.stream)):
+            for opcode, arg, pos in quiet_genops(_capped(self.stream)):
                 self.opcodes += 1
                 if self.opcodes > opcode_budget:
                     raise LimitExceeded(f"more than {self.ctx.limits.max_opcodes} opcodes")
                 if opcode.name == "STOP":
                     self.value = self._pop()
                     return self.value
-                self._step(opcode.name, arg, pos)
+                _HANDLERS[opcode.name](self, arg, pos)
         except MalformedPickle as exc:
             exc.offset = pos if exc.offset is None else exc.offset
             raise
@@ -267,88 +273,100 @@ class PickleMachine:
             raise MalformedPickle("stack underflow", pos) from None
         raise MalformedPickle("pickle ended before STOP", pos)
 
-    def _step(self, name: str, arg: Any, pos: int) -> None:
-        if name in _CONSTANT_OPS:
-            self._push(arg)
-        elif name in _MEMO_PUTS:
-            self.memo[arg] = self.stack[-1]
-        elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = self.stack[-1]
-        elif name in _MEMO_GETS:
-            if arg not in self.memo:
-                raise MalformedPickle(f"memo key {arg} was never stored", pos)
-            self._push(_shared(self.memo[arg]))
-        elif name == "MARK":
-            self.marks.append(len(self.stack))
-        elif name in _NOOPS:
-            pass
-        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-            self._push({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
-        elif name in _EMPTY_OPS:
-            self._push(Container(_EMPTY_OPS[name], []))
-        elif name in _CONTAINER_OPS:
-            self._push(self._container(_CONTAINER_OPS[name], self._pop_mark()))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            count = int(name[-1])
-            items = self.stack[-count:]
-            if len(items) != count:
-                raise IndexError
-            del self.stack[-count:]
-            self._push(self._container("tuple", items))
-        elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
-            self._extend(name)
-        elif name == "POP":
-            if self.marks and self.marks[-1] == len(self.stack):
-                self.marks.pop()
-            else:
-                self._pop()
-        elif name == "POP_MARK":
-            self._pop_mark()
-        elif name == "DUP":
-            self._push(_shared(self.stack[-1]))
-        elif name == "GLOBAL":
-            module, _, attr = arg.partition(" ")
-            self._push(self._global(module, attr, pos))
-        elif name == "STACK_GLOBAL":
-            attr, module = self._pop(), self._pop()
-            if isinstance(module, str) and isinstance(attr, str):
-                self._push(self._global(module, attr, pos))
-            else:
-                self._unresolved("STACK_GLOBAL operands are computed, not literal strings", pos)
-        elif name in ("EXT1", "EXT2", "EXT4"):
-            self._extension(arg, pos)
-        elif name == "REDUCE":
-            args, func = self._pop(), self._pop()
-            self._push(self._call(func, args, pos, "called"))
-        elif name == "NEWOBJ":
-            args, cls = self._pop(), self._pop()
-            self._push(self._call(cls, args, pos, "instantiated"))
-        elif name == "NEWOBJ_EX":
-            kwargs, args, cls = self._pop(), self._pop(), self._pop()
-            self._push(self._call(cls, Container("tuple", [args, kwargs]), pos, "instantiated"))
-        elif name == "INST":
-            module, _, attr = arg.partition(" ")
-            args = self._container("tuple", self._pop_mark())
-            self._push(self._call(self._global(module, attr, pos), args, pos, "instantiated"))
-        elif name == "OBJ":
-            items = self._pop_mark()
-            if not items:
-                raise IndexError
-            self._push(
-                self._call(items[0], self._container("tuple", items[1:]), pos, "instantiated")
-            )
-        elif name == "BUILD":
-            state = self._pop()
-            self._build(self.stack[-1], state, pos)
-        elif name == "PERSID":
-            self._push(Opaque(f"persistent id {arg!r}"))
-        elif name == "BINPERSID":
-            self._pop()  # never rendered: it may be a huge or deeply nested structure
-            self._push(Opaque("persistent id"))
-        elif name == "NEXT_BUFFER":
-            self._push(Opaque("out-of-band buffer"))
-        else:  # pragma: no cover - pickletools knows no other opcodes
-            raise MalformedPickle(f"unhandled opcode {name}", pos)
+    # -- opcodes: one handler each, found through _HANDLERS by opcode name --------------
+
+    def _op_constant(self, arg: Any, pos: int) -> None:
+        self.stack.append(arg)
+
+    def _op_noop(self, arg: Any, pos: int) -> None:
+        pass
+
+    def _op_put(self, arg: Any, pos: int) -> None:
+        self.memo[arg] = self.stack[-1]
+
+    def _op_memoize(self, arg: Any, pos: int) -> None:
+        self.memo[len(self.memo)] = self.stack[-1]
+
+    def _op_get(self, arg: Any, pos: int) -> None:
+        if arg not in self.memo:
+            raise MalformedPickle(f"memo key {arg} was never stored", pos)
+        self.stack.append(_shared(self.memo[arg]))
+
+    def _op_mark(self, arg: Any, pos: int) -> None:
+        self.marks.append(len(self.stack))
+
+    def _op_none(self, arg: Any, pos: int) -> None:
+        self.stack.append(None)
+
+    def _op_true(self, arg: Any, pos: int) -> None:
+        self.stack.append(True)
+
+    def _op_false(self, arg: Any, pos: int) -> None:
+        self.stack.append(False)
+
+    def _op_pop(self, arg: Any, pos: int) -> None:
+        if self.marks and self.marks[-1] == len(self.stack):
+            self.marks.pop()
+        else:
+            self._pop()
+
+    def _op_pop_mark(self, arg: Any, pos: int) -> None:
+        self._pop_mark()
+
+    def _op_dup(self, arg: Any, pos: int) -> None:
+        self.stack.append(_shared(self.stack[-1]))
+
+    def _op_global(self, arg: Any, pos: int) -> None:
+        module, _, attr = arg.partition(" ")
+        self.stack.append(self._global(module, attr, pos))
+
+    def _op_stack_global(self, arg: Any, pos: int) -> None:
+        attr, module = self._pop(), self._pop()
+        if isinstance(module, str) and isinstance(attr, str):
+            self.stack.append(self._global(module, attr, pos))
+        else:
+            self._unresolved("STACK_GLOBAL operands are computed, not literal strings", pos)
+
+    def _op_ext(self, arg: Any, pos: int) -> None:
+        self._extension(arg, pos)
+
+    def _op_reduce(self, arg: Any, pos: int) -> None:
+        args, func = self._pop(), self._pop()
+        self.stack.append(self._call(func, args, pos, "called"))
+
+    def _op_newobj(self, arg: Any, pos: int) -> None:
+        args, cls = self._pop(), self._pop()
+        self.stack.append(self._call(cls, args, pos, "instantiated"))
+
+    def _op_newobj_ex(self, arg: Any, pos: int) -> None:
+        kwargs, args, cls = self._pop(), self._pop(), self._pop()
+        self.stack.append(self._call(cls, Container("tuple", [args, kwargs]), pos, "instantiated"))
+
+    def _op_inst(self, arg: Any, pos: int) -> None:
+        module, _, attr = arg.partition(" ")
+        args = self._container("tuple", self._pop_mark())
+        self.stack.append(self._call(self._global(module, attr, pos), args, pos, "instantiated"))
+
+    def _op_obj(self, arg: Any, pos: int) -> None:
+        items = self._pop_mark()
+        if not items:
+            raise IndexError
+        args = self._container("tuple", items[1:])
+        self.stack.append(self._call(items[0], args, pos, "instantiated"))
+
+    def _op_build(self, arg: Any, pos: int) -> None:
+        state = self._pop()
+        self._build(self.stack[-1], state, pos)
+
+    def _op_persid(self, arg: Any, pos: int) -> None:
+        self.stack.append(Opaque(f"persistent id {arg!r}"))
+
+    def _op_binpersid(self, arg: Any, pos: int) -> None:
+        self._pop()  # never rendered: it may be a huge or deeply nested structure
+        self.stack.append(Opaque("persistent id"))
+
+    def _op_next_buffer(self, arg: Any, pos: int) -> None:
+        self.stack.append(Opaque("out-of-band buffer"))
 
     # -- stack helpers -------------------------------------------------------------------
 
@@ -591,6 +609,64 @@ def _children(node: Any) -> list[Any]:
     if isinstance(node, Container):
         return node.items
     return [node.func, node.args, node.state, *node.items]
+
+
+Handler = Callable[["PickleMachine", Any, int], None]
+
+
+def _empty_handler(kind: str) -> Handler:
+    return lambda machine, arg, pos: machine.stack.append(Container(kind, []))
+
+
+def _collect_handler(kind: str) -> Handler:
+    return lambda machine, arg, pos: machine.stack.append(
+        machine._container(kind, machine._pop_mark())
+    )
+
+
+def _tuple_handler(count: int) -> Handler:
+    def handler(machine: PickleMachine, arg: Any, pos: int) -> None:
+        if len(machine.stack) - (machine.marks[-1] if machine.marks else 0) < count:
+            raise IndexError
+        items = machine.stack[-count:]
+        del machine.stack[-count:]
+        machine.stack.append(machine._container("tuple", items))
+
+    return handler
+
+
+def _extend_handler(name: str) -> Handler:
+    return lambda machine, arg, pos: machine._extend(name)
+
+
+def _handlers() -> dict[str, Handler]:
+    m = PickleMachine
+    table: dict[str, Handler] = {name: m._op_constant for name in _CONSTANT_OPS}
+    table.update({name: m._op_put for name in _MEMO_PUTS})
+    table.update({name: m._op_get for name in _MEMO_GETS})
+    table.update({name: m._op_noop for name in _NOOPS})
+    table.update({name: _empty_handler(kind) for name, kind in _EMPTY_OPS.items()})
+    table.update({name: _collect_handler(kind) for name, kind in _CONTAINER_OPS.items()})
+    table.update({f"TUPLE{n}": _tuple_handler(n) for n in (1, 2, 3)})
+    for name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS"):
+        table[name] = _extend_handler(name)
+    for name in ("EXT1", "EXT2", "EXT4"):
+        table[name] = m._op_ext
+    table.update(
+        MEMOIZE=m._op_memoize, MARK=m._op_mark, NONE=m._op_none, NEWTRUE=m._op_true,
+        NEWFALSE=m._op_false, POP=m._op_pop, POP_MARK=m._op_pop_mark, DUP=m._op_dup,
+        GLOBAL=m._op_global, STACK_GLOBAL=m._op_stack_global, REDUCE=m._op_reduce,
+        NEWOBJ=m._op_newobj, NEWOBJ_EX=m._op_newobj_ex, INST=m._op_inst, OBJ=m._op_obj,
+        BUILD=m._op_build, PERSID=m._op_persid, BINPERSID=m._op_binpersid,
+        NEXT_BUFFER=m._op_next_buffer,
+    )
+    missing = {op.name for op in pickletools.opcodes} - set(table) - {"STOP"}
+    if missing:  # a newer pickletools knows opcodes this machine does not follow yet
+        raise RuntimeError(f"opcodes without a handler: {sorted(missing)}")
+    return table
+
+
+_HANDLERS = _handlers()
 
 
 def describe_arguments(args: Any, limit: int = 200) -> str:
