@@ -17,6 +17,9 @@ per file from the tool's own report:
               as `fickling --check-safety`, plus zip support). A file is flagged when an
               analysed pickle is above LIKELY_SAFE (the CLI's exit 1); a file fickling could
               not parse at all counts as an error (the CLI's exit 2).
+
+Engines (bastion, modelscan, picklescan) are timed apart from their CLIs: engine_driver.py,
+run under the tool's venv, imports the tool once and times only its scan call.
 """
 
 from __future__ import annotations
@@ -177,6 +180,53 @@ TOOLS = [
          picklescan_command, picklescan_read),
     Tool("fickling", lambda: package_version(PEER_BIN / "python", "fickling"),
          fickling_command, fickling_read),
+]
+
+
+# --- engines: the scan call alone, inside one already-started process ---------------------
+
+
+@dataclass
+class EngineTiming:
+    """One engine's fastest scan of one target, after a warm-up scan."""
+
+    seconds: float
+    warmup: float
+    scanned: int  # files (or archive members) scanned, as the tool counts them
+    flagged: int  # files the tool judged dangerous
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A tool imported once in its own venv by engine_driver.py, which times the tool's scan
+    function on every target in that one process: no interpreter or import start-up."""
+
+    name: str
+    python: Path
+    tool: str
+    jobs: int | None = None
+
+    def run(self, targets: list[Path], repeat: int) -> list[EngineTiming]:
+        argv = [str(self.python), str(HERE / "engine_driver.py"), self.tool,
+                *(str(t) for t in targets), "--repeat", str(repeat)]
+        if self.jobs is not None:
+            argv += ["--jobs", str(self.jobs)]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"engine {self.name} exited {proc.returncode}:\n"
+                               f"{proc.stderr[-2000:]}")
+        return [EngineTiming(min(t["seconds"]), t["warmup"], t["scanned"], t["flagged"])
+                for t in json.loads(proc.stdout)["targets"]]
+
+
+BASTION_ALL_CORES = "bastion (all cores)"  # bastion.scan()'s default jobs
+BASTION_ONE_JOB = "bastion (jobs=1)"
+# fickling has none: fickling_driver.py already runs it in one process (its CLI row)
+ENGINES = [
+    Engine(BASTION_ALL_CORES, Path(sys.executable), "bastion"),
+    Engine(BASTION_ONE_JOB, Path(sys.executable), "bastion", jobs=1),
+    Engine("modelscan", PEER_BIN / "python", "modelscan"),
+    Engine("picklescan", PEER_BIN / "python", "picklescan"),
 ]
 
 

@@ -92,8 +92,9 @@ def scan_file(path: str | os.PathLike[str], *, trusted: Iterable[str] = (),
     return FileReport(str(path), formats, findings, size, time.perf_counter() - started)
 
 
-# Below this many files a process pool costs more than it saves.
-FILES_PER_WORKER = 16
+# A worker must have this many files to earn its start-up (a fork, then the lazily loaded
+# format libraries imported again): below it one process is faster (bench/scan).
+FILES_PER_WORKER = 256
 
 
 def _workers(jobs: int | None, files: int) -> int:
