@@ -174,26 +174,29 @@ _LOADER_READERS = {
     "PUT": _read_memo_key,
     "STRING": _read_string,
 }
+# Opcode byte -> (name, argument reader or None).
 _OPCODES = {
-    op.code.encode("latin-1"): (op, _LOADER_READERS.get(op.name, op.arg and op.arg.reader))
+    op.code.encode("latin-1"): (op.name, _LOADER_READERS.get(op.name, op.arg and op.arg.reader))
     for op in pickletools.opcodes
 }
 
 
-def quiet_genops(stream: Any) -> Iterator[tuple[Any, Any, int]]:
-    """pickletools.genops with arguments read as the loaders read them, and without the
-    DeprecationWarning it raises for odd escapes in protocol-0 strings (hostile files are
-    full of them)."""
+def quiet_genops(stream: Any) -> Iterator[tuple[str, Any, int]]:
+    """(opcode name, argument, offset) up to STOP, like pickletools.genops but with arguments
+    read as the loaders read them, and without the DeprecationWarning pickletools raises for
+    odd escapes in protocol-0 strings (hostile files are full of them)."""
+    read, tell, opcodes = stream.read, stream.tell, _OPCODES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         while True:
-            pos = stream.tell()
-            code = stream.read(1)
-            if code not in _OPCODES:
+            pos = tell()
+            code = read(1)
+            entry = opcodes.get(code)
+            if entry is None:
                 raise ValueError(f"opcode {code!r} unknown" if code else "pickle exhausted")
-            opcode, reader = _OPCODES[code]
-            yield opcode, (None if reader is None else reader(stream)), pos
-            if opcode.name == "STOP":
+            name, reader = entry
+            yield name, (None if reader is None else reader(stream)), pos
+            if code == b".":
                 return
 
 
@@ -255,15 +258,16 @@ class PickleMachine:
         """Follow opcodes up to STOP; raise MalformedPickle where the real loader would fail
         (everything before that point has been analysed, as it would have run)."""
         pos = None
+        handlers = _HANDLERS
         try:
-            for opcode, arg, pos in quiet_genops(_capped(self.stream)):
+            for name, arg, pos in quiet_genops(_capped(self.stream)):
                 self.opcodes += 1
                 if self.opcodes > opcode_budget:
                     raise LimitExceeded(f"more than {self.ctx.limits.max_opcodes} opcodes")
-                if opcode.name == "STOP":
+                if name == "STOP":
                     self.value = self._pop()
                     return self.value
-                _HANDLERS[opcode.name](self, arg, pos)
+                handlers[name](self, arg, pos)
         except MalformedPickle as exc:
             exc.offset = pos if exc.offset is None else exc.offset
             raise

@@ -41,12 +41,12 @@ def looks_like_pickle(head: bytes, strict: bool = False) -> bool:
     count, imports, calls = 0, False, False
     buffer = io.BytesIO(head)
     try:
-        for opcode, _, _ in quiet_genops(buffer):
+        for name, _, _ in quiet_genops(buffer):
             count += 1
-            if opcode.name == "STOP":
+            if name == "STOP":
                 return count > 1
-            imports = imports or opcode.name in _IMPORT_OPS
-            calls = calls or opcode.name in _CALL_OPS
+            imports = imports or name in _IMPORT_OPS
+            calls = calls or name in _CALL_OPS
             # Stop as soon as the answer is settled: a whole small pickle fits in the head,
             # and parsing all of it here as well as in the scan doubled the cost of small files.
             if (count >= enough) if has_proto else (imports and calls):
