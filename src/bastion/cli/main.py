@@ -6,6 +6,7 @@ import typer
 
 from bastion.cli.demo import demo_command
 from bastion.cli.scan import scan_command
+from bastion.cli.sign import keys_app, sign_command, verify_command
 
 app = typer.Typer(
     name="bastion",
@@ -16,6 +17,9 @@ app = typer.Typer(
 )
 app.command("scan")(scan_command)
 app.command("demo")(demo_command)
+app.command("sign")(sign_command)
+app.command("verify")(verify_command)
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:
