@@ -11,7 +11,7 @@ import lzma
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,6 @@ def scan_data(tmp_path: Path, data: bytes, name: str = "model.joblib", **kwargs)
 
 def at_least(report: FileReport, severity: Severity) -> set[str]:
     return {f.rule_id for f in report.findings if f.severity >= severity}
-
-
-@pytest.fixture
-def marker(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "marker"
-    yield path
-    assert not path.exists(), "a payload ran"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import io
 import struct
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,13 +52,6 @@ def scan_data(tmp_path: Path, data: bytes, name: str = "array.npy", **kwargs) ->
 
 def rules_at(report: FileReport, severity: Severity) -> set[str]:
     return {f.rule_id for f in report.findings if f.severity >= severity}
-
-
-@pytest.fixture
-def marker(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "marker"
-    yield path
-    assert not path.exists(), "a payload ran"
 
 
 REAL_ARRAYS = {

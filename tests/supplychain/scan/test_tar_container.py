@@ -11,7 +11,6 @@ import pickle
 import struct
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,6 @@ def system_pickle(command: str) -> bytes:
     """os.system(command) in raw protocol-2 opcodes; never loaded."""
     encoded = command.encode()
     return b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(encoded)) + encoded + b"\x85R."
-
-
-@pytest.fixture
-def marker(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "marker"
-    yield path
-    assert not path.exists(), "a payload ran"
 
 
 @pytest.fixture

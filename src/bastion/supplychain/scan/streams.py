@@ -3,6 +3,7 @@ member of an archive is scanned without reading what the scan does not need."""
 
 from __future__ import annotations
 
+import abc
 import io
 import tempfile
 from collections.abc import Callable
@@ -15,12 +16,17 @@ _BLOCK = 64 * 1024
 _SPOOL_IN_MEMORY = 64 << 20
 
 
-class Window(io.RawIOBase):
-    """A read-only, seekable view of `length` bytes of `base` starting at `start`."""
+class RangeReader(io.RawIOBase):
+    """A read-only, seekable file of `length` bytes whose reads `read_at(offset, n)` serves:
+    a slice of another file, or bytes sent over a pipe."""
 
-    def __init__(self, base: BinaryIO, start: int, length: int) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._base, self._start, self._length, self._pos = base, start, length, 0
+        self._length, self._pos = length, 0
+
+    @abc.abstractmethod
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes at `offset`: each kind of range says where its bytes come from."""
 
     def readable(self) -> bool:
         return True
@@ -40,11 +46,22 @@ class Window(io.RawIOBase):
         want = min(len(buffer), self._length - self._pos)
         if want <= 0:
             return 0
-        self._base.seek(self._start + self._pos)
-        data = self._base.read(want)
+        data = self.read_at(self._pos, want)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+class Window(RangeReader):
+    """A view of `length` bytes of `base` starting at `start`."""
+
+    def __init__(self, base: BinaryIO, start: int, length: int) -> None:
+        super().__init__(length)
+        self._base, self._start = base, start
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        self._base.seek(self._start + offset)
+        return self._base.read(n)
 
 
 def window(base: BinaryIO, start: int, length: int) -> BinaryIO:

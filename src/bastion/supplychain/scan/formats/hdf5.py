@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import multiprocessing
 import os
@@ -30,6 +29,7 @@ from bastion.supplychain.scan import rules
 from bastion.supplychain.scan.context import ScanContext, stream_size
 from bastion.supplychain.scan.formats import keras_config
 from bastion.supplychain.scan.formats.base import FormatScanner
+from bastion.supplychain.scan.streams import RangeReader
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 # The superblock sits at 0 or, after a user block, at 512 bytes times a power of two.
@@ -57,37 +57,17 @@ def _superblock_at(head: bytes, stream: BinaryIO) -> int | None:
     return None
 
 
-class _RemoteFile(io.RawIOBase):
+class _RemoteFile(RangeReader):
     """In the child: a read-only file whose bytes the parent sends on request, so the child
     never shares the parent's file offsets."""
 
     def __init__(self, conn: Connection, size: int) -> None:
-        super().__init__()
-        self._conn, self._size, self._pos = conn, size, 0
+        super().__init__(size)
+        self._conn = conn
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, origin + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        self._conn.send_bytes(json.dumps({"op": "read", "at": self._pos, "n": want}).encode())
-        data = self._conn.recv_bytes()
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+    def read_at(self, offset: int, n: int) -> bytes:
+        self._conn.send_bytes(json.dumps({"op": "read", "at": offset, "n": n}).encode())
+        return self._conn.recv_bytes()
 
 
 def _as_bytes(value: Any) -> bytes | None:
