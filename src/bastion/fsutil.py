@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from bastion.errors import InputError
+
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     target = Path(path)
@@ -25,3 +27,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
             os.unlink(tmp)
         raise
     return target
+
+
+def read_limited(
+    path: str | os.PathLike[str], what: str, limit: int, *, missing: str | None = None
+) -> bytes:
+    """A small file given by the user (a key, a signature), read in one go: at most
+    `limit` + 1 bytes, so the caller can refuse an oversized one in its own terms. A missing
+    or unreadable file is an InputError naming `what` (or the `missing` message)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)
+    except FileNotFoundError:
+        raise InputError(missing or f"no such {what} file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None

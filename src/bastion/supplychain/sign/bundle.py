@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import InputError
-from bastion.fsutil import atomic_write
+from bastion.fsutil import atomic_write, read_limited
 from bastion.supplychain.sign import errors
 from bastion.supplychain.sign.errors import VerificationError
 
@@ -78,13 +77,10 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     input (exit 2); a damaged or foreign one is a failed verification."""
     target = Path(path)
     label = str(target)
-    try:
-        with open(target, "rb") as handle:
-            raw = handle.read(MAX_BUNDLE_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(f"no signature at {target} (sign first, or pass --signature)") from None
-    except OSError as exc:
-        raise InputError(f"cannot read signature {target}: {exc.strerror}") from None
+    raw = read_limited(
+        target, "signature", MAX_BUNDLE_BYTES,
+        missing=f"no signature at {target} (sign first, or pass --signature)",
+    )
     if len(raw) > MAX_BUNDLE_BYTES:
         raise _malformed(label, f"larger than {MAX_BUNDLE_BYTES} bytes")
     try:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification as x509_verification
 
 from bastion.errors import InputError
-from bastion.fsutil import atomic_write
+from bastion.fsutil import atomic_write, read_limited
 
 CURVES: dict[str, type[ec.EllipticCurve]] = {
     "p256": ec.SECP256R1,
@@ -37,13 +37,7 @@ PublicKey = ec.EllipticCurvePublicKey
 
 def _read(path: str | os.PathLike[str], what: str) -> bytes:
     target = Path(path)
-    try:
-        with open(target, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE + 1)
-    except FileNotFoundError:
-        raise InputError(f"no such {what} file: {target}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what} {target}: {exc.strerror}") from None
+    data = read_limited(target, what, MAX_KEY_FILE)
     if len(data) > MAX_KEY_FILE:
         raise InputError(f"{what} {target} is larger than {MAX_KEY_FILE} bytes")
     return data
