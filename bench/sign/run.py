@@ -84,18 +84,7 @@ API_SUFFIX = ", API"
 SECONDS_LINE = re.compile(rb"^SECONDS ([0-9.]+)$", re.MULTILINE)
 
 # model-signing's command line hashes with `files` only; `shards` goes through its API.
-PEER_SHARDS = """
-import sys
-import model_signing
-action, model, signature, key, shard_size = sys.argv[1:]
-hashing = model_signing.hashing.Config().use_shard_serialization(shard_size=int(shard_size))
-if action == "sign":
-    config = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
-    config.set_hashing_config(hashing).sign(model, signature)
-else:
-    config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=key)
-    config.set_hashing_config(hashing).verify(model, signature)
-"""
+PEER_SHARDS = Path(__file__).with_name("peer_shards.py")
 
 
 @dataclass
@@ -190,7 +179,7 @@ class Launcher:
 def commands(data: Path, paths: list[Path], work: Path) -> list[tuple[str, str, list[str]]]:
     private, public = generate_key_pair(work / "bench.pem", overwrite=True)
     bastion = bastion_command()
-    peer_shards = [str(PEER_PYTHON), "-c", PEER_SHARDS]
+    peer_shards = [str(PEER_PYTHON), str(PEER_SHARDS)]
     shard = ["--method", "shards", "--shard-size", str(SHARD_SIZE)]
     cores = str(available_cores())
     names = " ".join(shlex.quote(str(p)) for p in paths)

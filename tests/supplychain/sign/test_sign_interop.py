@@ -20,20 +20,8 @@ PEER_BIN = REPO / ".venv-bench" / "bin"
 PEER_CLI = PEER_BIN / "model_signing"
 PEER_PYTHON = PEER_BIN / "python"
 
-# The peer's API for shards: sign or verify MODEL with SIG, KEY and SHARD_SIZE.
-PEER_SHARDS = """
-import sys
-import model_signing
-action, model, signature, key, shard_size = sys.argv[1:]
-hashing = model_signing.hashing.Config().use_shard_serialization(shard_size=int(shard_size))
-if action == "sign":
-    config = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
-    config.set_hashing_config(hashing).sign(model, signature)
-else:
-    config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=key)
-    config.set_hashing_config(hashing).verify(model, signature)
-print("ok")
-"""
+# The peer's API for shards (its command line has only `files`), shared with bench/sign.
+PEER_SHARDS = REPO / "bench" / "sign" / "peer_shards.py"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +41,7 @@ def peer_cli(*args: object) -> subprocess.CompletedProcess[str]:
 
 def peer_shards(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(PEER_PYTHON), "-c", PEER_SHARDS, *map(str, args)],
+        [str(PEER_PYTHON), str(PEER_SHARDS), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
