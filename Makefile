@@ -28,7 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 test: $(STAMP) $(PEERS) lint
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 bench-scan: $(STAMP) $(PEERS)
 	$(BIN)/python bench/scan/run.py

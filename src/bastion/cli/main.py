@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli.demo import demo_command
+from bastion.cli.ledger import ledger_app
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
@@ -20,6 +21,7 @@ app.command("demo")(demo_command)
 app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:

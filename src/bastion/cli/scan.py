@@ -14,6 +14,9 @@ from bastion.cli.common import (
     friendly_errors,
     parse_severity,
 )
+from bastion.findings import Severity
+from bastion.govern.events import Event, Subject, default_actor, file_digest
+from bastion.govern.ledger import record
 from bastion.report import Report
 from bastion.supplychain.scan import ScanResult, scan
 
@@ -25,6 +28,17 @@ def scan_report(result: ScanResult, command: str) -> Report:
     ]
     metrics = {"files": len(result.files), "bytes": sum(f.size for f in result.files)}
     return Report(command, result.findings, artifacts, metrics)
+
+
+def scan_event(result: ScanResult) -> Event:
+    """The ledger's record of a scan: each file with its digest, and counts by severity."""
+    counts = {str(s): sum(f.severity == s for f in result.findings) for s in Severity}
+    return Event(
+        kind="scan",
+        actor=default_actor(),
+        subjects=tuple(Subject(f.path, file_digest(f.path)) for f in result.files),
+        details={"findings": counts, "files": len(result.files)},
+    )
 
 
 @friendly_errors
@@ -43,8 +57,14 @@ def scan_command(
         Optional[int],  # noqa: UP045
         typer.Option("--jobs", "-j", help="Processes to scan with (default: all cores)."),
     ] = None,
+    ledger: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--ledger", help="Record the scan in this ledger (see `bastion ledger`)."),
+    ] = None,
 ) -> None:
     """Scan model files for code that would run on load, by content, never by name."""
     threshold = parse_severity(fail_on)
     result = scan(*paths, trusted=trust or (), jobs=jobs)
+    if ledger is not None:
+        record(ledger, [scan_event(result)])
     emit(scan_report(result, "scan " + " ".join(paths)), fmt, out, threshold)
