@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
+ML_PEERS := $(VENV)/.ml-peers-installed
 
 .PHONY: demo test lint bench-scan bench-sign
 
@@ -30,6 +31,10 @@ lint: $(STAMP)
 test: $(STAMP) $(PEERS) lint
 	$(BIN)/python -m pytest -n 2 -q -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
+
+$(ML_PEERS): bench/setup-ml-peers.sh $(STAMP)
+	bash bench/setup-ml-peers.sh
+	touch $(ML_PEERS)
 
 bench-scan: $(STAMP) $(PEERS)
 	$(BIN)/python bench/scan/run.py
