@@ -1,0 +1,1 @@
+"""Red-team simulations: measure what an attacker could do to a model (membership, inversion)."""
