@@ -6,6 +6,7 @@ import typer
 
 from bastion.cli.demo import demo_command
 from bastion.cli.ledger import ledger_app
+from bastion.cli.pii import pii_command
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
@@ -22,6 +23,10 @@ app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+# Temporary `data` group until cli/data.py's data_app lands; then: data_app.command("pii").
+_data_app = typer.Typer(help="Check datasets: personal data.", no_args_is_help=True)
+_data_app.command("pii")(pii_command)
+app.add_typer(_data_app, name="data")
 
 
 def main() -> None:
