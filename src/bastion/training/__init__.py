@@ -1,0 +1,1 @@
+"""Training that defends: differentially private training (and adversarial training)."""
