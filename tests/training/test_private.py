@@ -22,6 +22,15 @@ from bastion.training.private import (
 N = 1000  # AUC's sampling noise at this size is about 0.013
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small models: one thread is faster than several contending for shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 3))

@@ -35,12 +35,14 @@ def shadow_scores(
 ) -> np.ndarray:
     """Shokri et al. 2017: learn IN/OUT from the reference (shadow) models' outputs."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     features = np.concatenate([_shadow_features(p, y) for p in refs.probabilities])
     labels = refs.in_mask.reshape(-1)
     attack = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
-    attack.fit(features, labels)
-    return attack.predict_proba(_shadow_features(target_probs, y))[:, 1]
+    with threadpool_limits(limits=1, user_api="openmp"):  # small data: threads only contend
+        attack.fit(features, labels)
+        return attack.predict_proba(_shadow_features(target_probs, y))[:, 1]
 
 
 def _shadow_features(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
