@@ -7,6 +7,7 @@ import typer
 from bastion.cli.demo import demo_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.pii import pii_command
+from bastion.cli.privacy import inversion_command, membership_command
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
@@ -27,6 +28,12 @@ app.add_typer(ledger_app, name="ledger")
 _data_app = typer.Typer(help="Check datasets: personal data.", no_args_is_help=True)
 _data_app.command("pii")(pii_command)
 app.add_typer(_data_app, name="data")
+# Temporary `assess` group until cli/assess.py's assess_app lands; then:
+# assess_app.command("membership")(membership_command), same for inversion.
+_assess_app = typer.Typer(help="Red-team the model: privacy attacks.", no_args_is_help=True)
+_assess_app.command("membership")(membership_command)
+_assess_app.command("inversion")(inversion_command)
+app.add_typer(_assess_app, name="assess")
 
 
 def main() -> None:
