@@ -10,7 +10,7 @@ PII: a generated CSV with planted identifiers (and look-alikes that fail their c
 scanned by Bastion and by Presidio's pattern recognizers, which run without a spaCy model;
 row-level recall and false positives per entity, and throughput in MB/s.
 
-    python bench/privacy/run.py [--quick]
+    python bench/privacy/run.py [--quick] [--only membership|pii]
 """
 
 from __future__ import annotations
@@ -337,7 +337,8 @@ def print_tables(membership: dict | None, pii: dict | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, for a smoke run (prints, writes no JSON)")
     parser.add_argument("--only", choices=("membership", "pii"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -355,9 +356,10 @@ def main() -> None:
         "membership": membership,
         "pii": pii,
     }  # fmt: skip
-    out = HERE / ("results-quick.json" if args.quick else "results.json")
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    if not args.quick:
+        out = HERE / "results.json"
+        out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
