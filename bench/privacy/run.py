@@ -160,8 +160,12 @@ def _card(rng, valid: bool) -> str:
 
 
 def _iban(rng, valid: bool) -> str:
-    country, length = [("DE", 22), ("GB", 22), ("FR", 27), ("NL", 18)][rng.integers(4)]
-    bban = "".join(map(str, rng.integers(0, 10, length - 4)))
+    """A well-formed IBAN: GB and NL account numbers start with a four-letter bank code."""
+    country, length, letters = [("DE", 22, 0), ("GB", 22, 4), ("FR", 27, 0), ("NL", 18, 4)][
+        rng.integers(4)
+    ]
+    bank = "".join(chr(65 + int(c)) for c in rng.integers(0, 26, letters))
+    bban = bank + "".join(map(str, rng.integers(0, 10, length - 4 - letters)))
     check = 98 - int("".join(str(int(c, 36)) for c in bban + country + "00")) % 97
     check = check if valid else check % 97 + 1
     raw = f"{country}{check:02d}{bban}"
@@ -358,6 +362,9 @@ def main() -> None:
     }  # fmt: skip
     if not args.quick:
         out = HERE / "results.json"
+        if args.only and out.exists():  # keep the other half of an earlier full run
+            earlier = json.loads(out.read_text())
+            document = earlier | {k: v for k, v in document.items() if v is not None}
         out.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {out}")
 

@@ -155,3 +155,36 @@ def test_reference_models_on_a_local_ray_instance() -> None:
     local = assess_membership(model, xm[:100], ym[:100], xn[:100], yn[:100],
                               attacks="lira-online", references=2, seed=5, n_jobs=1)
     np.testing.assert_allclose(on_ray.results[0].scores, local.results[0].scores)
+
+
+def _torch_train_fn(x, y, seed):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    module = nn.Sequential(nn.Linear(x.shape[1], 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    features = torch.as_tensor(x, dtype=torch.float32)
+    labels = torch.as_tensor(y)
+    for _ in range(50):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(module(features), labels).backward()
+        optimizer.step()
+    return module.eval()
+
+
+def test_torch_target_with_a_training_function() -> None:
+    torch = pytest.importorskip("torch")
+    xm, ym, xn, yn = _data(4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread beats contended ones
+    try:
+        target = _torch_train_fn(xm, ym, 0)
+        assessment = assess_membership(target, xm, ym, xn, yn, attacks=["lira-online", "shadow"],
+                                       references=2, train_fn=_torch_train_fn, n_jobs=1)
+        with pytest.raises(UsageError, match="need a training function"):
+            assess_membership(target, xm, ym, xn, yn, attacks="lira", references=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.attack for r in assessment.results] == ["lira-online", "shadow"]
+    assert all(0.0 <= r.roc.auc <= 1.0 for r in assessment.results)

@@ -53,10 +53,12 @@ def _planted(rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, int]]:
     ]
     cards = [" ".join(c[i : i + 4] for i in range(0, len(c), 4)) if i % 2 else c
              for i, c in enumerate(cards)]
-    ibans = [
-        _iban(country, "".join(map(str, rng.integers(0, 10, length - 4))), valid=True)
-        for country, length in [("DE", 22), ("GB", 22), ("FR", 27), ("NL", 18)] * (PLANTED // 4)
-    ]
+    ibans = [  # GB and NL account numbers start with a four-letter bank code
+        _iban(country, bank + "".join(map(str, rng.integers(0, 10, length - 4 - len(bank)))),
+              valid=True)
+        for country, length, bank in [("DE", 22, ""), ("GB", 22, "NWBK"), ("FR", 27, ""),
+                                      ("NL", 18, "ABNA")] * (PLANTED // 4)
+    ]  # fmt: skip
     ssns = [f"{rng.integers(1, 899):03d}-{rng.integers(1, 99):02d}-{rng.integers(1, 9999):04d}"
             for _ in range(PLANTED)]
     ssns = [s if not s.startswith("666") else "665" + s[3:] for s in ssns]

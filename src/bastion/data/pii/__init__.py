@@ -22,6 +22,9 @@ from bastion.findings import Finding, Location
 __all__ = ["PiiReport", "scan_pii"]
 
 ENTITIES = tuple(RULES)
+# Starting a worker process costs about a second (imports); below this many bytes per
+# process the work is done sooner in this one.
+MIN_BYTES_PER_PROCESS = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ def scan_pii(
 ) -> PiiReport:
     """Scan a CSV, Parquet, JSON Lines or text file for personal data.
 
-    `jobs` processes scan chunks of `chunk_rows` rows (default: all cores; 1 scans in this
-    process). Phone numbers without a country code are read as `region`'s.
+    `jobs` processes scan chunks of `chunk_rows` rows (default: all cores, one per 16 MiB
+    of file; 1 scans in this process). Phone numbers without a country code are read as
+    `region`'s.
     """
     source = Path(path)
     if not source.is_file():
@@ -89,7 +93,11 @@ def scan_pii(
 
 def _scan_chunks(source: Path, jobs, chunk_rows, region, max_examples):
     chunks = read_chunks(source, chunk_rows)
-    workers = jobs if jobs is not None else (os.cpu_count() or 1)
+    if jobs is None:
+        by_size = source.stat().st_size // MIN_BYTES_PER_PROCESS
+        workers = max(1, min(os.cpu_count() or 1, by_size))
+    else:
+        workers = jobs
     if workers <= 1:
         for columns, offset in chunks:
             yield scan_chunk(columns, offset, region, max_examples)
