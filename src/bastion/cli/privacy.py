@@ -136,6 +136,19 @@ def model_labels(model: Any, data: Dataset) -> np.ndarray:
         raise InputError(f"{data.source}: a torch model needs integer class labels") from None
 
 
+def _print_attacks(rows: list[dict[str, Any]], title: str) -> None:
+    """The numbers behind the findings, for a reader at a terminal (JSON has them too)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+
+
 def _event(model: str, datasets: list[str], check: str, details: dict) -> Event:
     return Event(
         kind="assess",
@@ -213,6 +226,14 @@ def membership_command(
                               "tpr_at_1%_fpr": round(r.roc.tpr_at_fpr[0.01], 4)}
                    for r in assessment.results}  # fmt: skip
         record(ledger, [_event(model, datasets, "membership", {"attacks": summary})])
+    if fmt == "table" and out is None:
+        _print_attacks(
+            [{"attack": r.attack, "AUC": r.roc.auc, "balanced acc": r.roc.balanced_accuracy,
+              "TPR@0.1%FPR": r.roc.tpr_at_fpr[0.001], "TPR@1%FPR": r.roc.tpr_at_fpr[0.01]}
+             for r in assessment.results],
+            f"{assessment.n_members} members, {assessment.n_nonmembers} non-members, "
+            f"{assessment.n_references} reference models",
+        )  # fmt: skip
     report = Report(f"assess membership --model {model}", assessment.findings,
                     [{"path": model}, {"path": data}, {"path": nonmembers}], metrics)
     emit(report, fmt, out, threshold)
@@ -271,6 +292,14 @@ def inversion_command(
     if ledger is not None:
         details = {k: v for k, v in metrics.items() if k != "plot"}
         record(ledger, [_event(model, [data], "inversion", details)])
+    if fmt == "table" and out is None and assessment.attribute is not None:
+        result = assessment.attribute
+        _print_attacks(
+            [{"attack": "baseline (no model queries)", "accuracy": result.baseline_accuracy},
+             *({"attack": name, "accuracy": acc} for name, acc in
+               result.attack_accuracy.items())],
+            f"inferring {result.column!r} for {result.records} records",
+        )  # fmt: skip
     report = Report(f"assess inversion --model {model}", assessment.findings,
                     [{"path": model}, {"path": data}], metrics)
     emit(report, fmt, out, threshold)

@@ -181,17 +181,17 @@ def assess_membership(
 
 def _attack_names(attacks: str | Sequence[str], online: bool) -> list[str]:
     names = [attacks] if isinstance(attacks, str) else list(attacks)
-    variant = "online" if online else "offline"
+    default_mode = "online" if online else "offline"
     resolved = []
     for name in names:
         family, _, mode = name.partition("-")
-        if family not in ATTACKS or (mode and (family not in ("lira", "rmia") or
-                                              mode not in ("online", "offline"))):
+        has_modes = family in ("lira", "rmia")
+        if family not in ATTACKS or (mode and not (has_modes and mode in ("online", "offline"))):
             raise UsageError(
                 f"unknown membership attack {name!r} (expected loss, shadow, lira, rmia, "
                 "lira-online, lira-offline, rmia-online or rmia-offline)"
             )
-        resolved.append(f"{family}-{mode or variant}" if family in ("lira", "rmia") else family)
+        resolved.append(f"{family}-{mode or default_mode}" if has_modes else family)
     return resolved
 
 
