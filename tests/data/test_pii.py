@@ -169,3 +169,10 @@ def test_unreadable_files_exit_two(tmp_path) -> None:
     with pytest.raises(InputError, match="line 2 is not JSON"):
         scan_pii(bad_json, jobs=1)
     assert runner.invoke(app, ["data", "pii", str(tmp_path / "missing.csv")]).exit_code == 2
+    folder = runner.invoke(app, ["data", "pii", str(tmp_path)])
+    assert folder.exit_code == 2 and "a folder; name a file" in folder.output
+    malformed = tmp_path / "rows.csv"
+    malformed.write_text('a,b\n1,2\n3,4,5,6\n')
+    for jobs in ("1", "2"):
+        result = runner.invoke(app, ["data", "pii", str(malformed), "-j", jobs])
+        assert result.exit_code == 2 and "not a readable CSV file" in result.output

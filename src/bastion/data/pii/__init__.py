@@ -78,7 +78,8 @@ def scan_pii(
     """
     source = Path(path)
     if not source.is_file():
-        raise InputError(f"{source}: no such file")
+        what = "a folder; name a file" if source.is_dir() else "no such file"
+        raise InputError(f"{source}: {what}")
     started = time.perf_counter()
     columns: dict[str, ColumnHits] = {}
     rows = 0
