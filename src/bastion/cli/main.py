@@ -6,6 +6,7 @@ import typer
 
 from bastion.cli.bom import bom_command
 from bastion.cli.demo import demo_command
+from bastion.cli.deps import deps_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
@@ -24,6 +25,7 @@ app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.command("bom")(bom_command)
+app.command("deps")(deps_command)
 
 
 def main() -> None:
