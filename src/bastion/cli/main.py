@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli.bom import bom_command
+from bastion.cli.card import card_command, datasheet_command
 from bastion.cli.demo import demo_command
 from bastion.cli.deps import deps_command
 from bastion.cli.ledger import ledger_app
@@ -26,6 +27,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.command("bom")(bom_command)
 app.command("deps")(deps_command)
+app.command("card")(card_command)
+app.command("datasheet")(datasheet_command)
 
 
 def main() -> None:
