@@ -375,7 +375,7 @@ def run_pip_audit(requirements: str | None, timeout_s: float = 600) -> list[Vuln
         return parse_pip_audit(done.stdout)
     except InputError:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
+        reason = lines[-1][:300] if lines else f"exit code {done.returncode}"
         raise UsageError(
             f"pip-audit failed ({reason}); offline, use --osv-db FOLDER --offline"
         ) from None

@@ -1,8 +1,10 @@
 """`bastion deps` offline against a small OSV-format fixture (tests/supplychain/deps/osv).
 
-Online mode runs pip-audit, which needs PyPI or OSV.dev; the tests check only that it is the
-mode chosen, the exact command line it would run, and the parsing of pip-audit's JSON
-report. The subprocess call itself is not run here (no network in tests)."""
+Online mode runs pip-audit, which needs PyPI or OSV.dev. The tests check that it is the mode
+chosen, its exact command line, the parsing of pip-audit's JSON report, and, running the
+real pip-audit with its HTTP(S) proxy pointed at a closed loopback port (so nothing leaves
+the machine), that `bastion deps` calls it and turns its failure into one line, exit 2. A
+successful online audit is not tested."""
 
 from __future__ import annotations
 
@@ -192,3 +194,16 @@ def test_parse_pip_audit_json() -> None:
     assert vuln.rating.basis == "not scored"
     with pytest.raises(InputError):
         parse_pip_audit("Traceback ...")
+
+
+def test_online_mode_runs_pip_audit_and_reports_its_failure(monkeypatch) -> None:
+    closed = "http://127.0.0.1:9"  # discard port: nothing listens, the connection is refused
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, closed)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["deps"])
+    assert result.exit_code == 2, result.output
+    assert "pip-audit failed" in result.output and "pypi.org" in result.output
+    assert "use --osv-db FOLDER --offline" in result.output
+
