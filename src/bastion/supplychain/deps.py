@@ -9,6 +9,7 @@ that version and `last_affected` closing it after. Versions compare by PEP 440 (
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -137,10 +138,17 @@ class Affected:
     advisory: str  # id
     aliases: tuple[str, ...]
     summary: str
-    rating: Rating
+    severities: tuple[dict[str, Any], ...]  # OSV `severity` entries, advisory and package
+    database: dict[str, Any] | None  # OSV `database_specific`
     spans: tuple[Span, ...]
     versions: frozenset[str]
     source: str  # the advisory file
+
+    @functools.cached_property
+    def rating(self) -> Rating:
+        """Scored on first use: most advisories of an export never match, and parsing a
+        CVSS vector costs more than reading the advisory."""
+        return rate(self.severities, self.database)
 
     def covers(self, version: str) -> bool:
         if version in self.versions:
@@ -175,7 +183,7 @@ def load_osv_db(folder: str | Path) -> OsvDatabase:
     if not root.is_dir():
         raise InputError(f"{root}: no such OSV folder (unzip an OSV export, e.g. PyPI/all.zip)")
     db = OsvDatabase(str(root))
-    for path in sorted(root.rglob("*.json")):
+    for path in sorted(root.rglob("*.json"), key=str):
         advisory = _read_advisory(path)
         if advisory.get("withdrawn"):
             continue
@@ -210,19 +218,20 @@ def _affected_entries(path: Path, advisory: dict[str, Any]) -> Iterable[tuple[st
         versions = entry.get("versions", [])
         if not isinstance(versions, list):
             raise InputError(f"{where}: 'versions' must be a list")
-        rating = rate(
-            [*advisory.get("severity", []), *entry.get("severity", [])],
-            advisory.get("database_specific"),
-        )
         yield canonicalize_name(package["name"]), Affected(
             advisory=advisory["id"],
             aliases=tuple(str(a) for a in advisory.get("aliases", [])),
             summary=str(advisory.get("summary") or advisory.get("details", ""))[:300],
-            rating=rating,
+            severities=(*_list(advisory.get("severity")), *_list(entry.get("severity"))),
+            database=advisory.get("database_specific"),
             spans=tuple(_spans(where, entry.get("ranges", []))),
             versions=frozenset(str(v) for v in versions),
             source=str(path),
         )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _spans(where: str, ranges: Any) -> Iterable[Span]:
