@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bastion.govern.document import NOT_PROVIDED, Document, Fields, Items, Section, Table, Text
-from bastion.govern.lineage import History
+from bastion.govern.lineage import History, Record
 from bastion.govern.results import Result
 from bastion.govern.userdocs import CardInput
 from bastion.supplychain.bom import ModelFile
@@ -59,7 +59,7 @@ class CardInputs:
         return self.user.name or self.model.path.name
 
     @property
-    def records(self) -> list:
+    def records(self) -> list[Record]:
         return self.history.records if self.history else []
 
     def datasets(self) -> list[tuple[str, str]]:

@@ -178,6 +178,26 @@ def _model_card(
     return card
 
 
+def _model_component(
+    model: ModelFile, ref: str, user: CardInput, only_model: bool
+) -> Component:
+    """card.yaml's name, version and description describe the model when it is the only one."""
+    return Component(
+        type=ComponentType.MACHINE_LEARNING_MODEL,
+        name=(user.name if only_model else None) or model.path.name,
+        version=user.version if only_model else None,
+        description=user.description if only_model else None,
+        bom_ref=ref,
+        hashes=_sha256(model.sha256),
+        licenses=[LicenseFactory().make_from_string(user.license)] if user.license else [],
+        properties=_props({
+            "file": model.path.name,
+            "size": model.size,
+            "format": ",".join(model.formats) or "unrecognised",
+        }),
+    )
+
+
 def build_bom(
     models: Sequence[ModelFile],
     data: Sequence[DataFile] = (),
@@ -191,52 +211,36 @@ def build_bom(
     if results and len(models) > 1:
         raise UsageError("--card-data describes one model; give a single --model with it")
     user = user or CardInput()
+    listed = packages.packages if packages else ()
     bom = Bom()
     bom.metadata.tools.components.add(
         Component(type=ComponentType.APPLICATION, name="bastion", version=bastion.__version__)
     )
     taken: set[str] = set()
-    data_components = []
     extra: dict[str, dict[str, Any]] = {}  # bom-ref -> objects the library cannot emit
+    datasets = []
     for item in data:
         ref = _unique_ref("data", item.path.name, taken)
-        component = Component(
+        datasets.append(Component(
             type=ComponentType.DATA, name=item.path.name, bom_ref=ref, hashes=_sha256(item.sha256)
-        )
+        ))
         extra[ref] = {"data": [_data_object(item, ref)]}
-        data_components.append(component)
-    package_components = {
-        p.name: _package_component(p) for p in (packages.packages if packages else ())
-    }
-    direct = [package_components[p.name] for p in (packages.packages if packages else ())
-              if p.direct]
-    licenses = [LicenseFactory().make_from_string(user.license)] if user.license else []
-    data_refs = [str(c.bom_ref.value) for c in data_components]
+    libraries = {p.name: _package_component(p) for p in listed}
+    direct = [libraries[p.name] for p in listed if p.direct]
+    data_refs = [str(c.bom_ref.value) for c in datasets]
     for model in models:
         ref = _unique_ref("model", model.path.name, taken)
-        component = Component(
-            type=ComponentType.MACHINE_LEARNING_MODEL,
-            name=user.name if user.name and len(models) == 1 else model.path.name,
-            version=user.version if len(models) == 1 else None,
-            description=user.description if len(models) == 1 else None,
-            bom_ref=ref,
-            hashes=_sha256(model.sha256),
-            licenses=licenses,
-            properties=_props({
-                "file": model.path.name,
-                "size": model.size,
-                "format": ",".join(model.formats) or "unrecognised",
-            }),
-        )
+        component = _model_component(model, ref, user, only_model=len(models) == 1)
         extra[ref] = {"modelCard": _model_card(ref, user, data_refs, results)}
         bom.components.add(component)
-        bom.register_dependency(component, [*data_components, *direct])
-    for component in data_components:
+        bom.register_dependency(component, [*datasets, *direct])
+    for component in datasets:
         bom.components.add(component)
-    for package in (packages.packages if packages else ()):
-        component = package_components[package.name]
-        bom.components.add(component)
-        bom.register_dependency(component, [package_components[r] for r in package.requires])
+    for package in listed:
+        bom.components.add(libraries[package.name])
+        bom.register_dependency(
+            libraries[package.name], [libraries[r] for r in package.requires]
+        )
     document = json.loads(JsonV1Dot6(bom).output_as_string())
     for component in document.get("components", []):
         component.update(extra.get(component.get("bom-ref"), {}))
