@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from packaging.version import Version
 from typer.testing import CliRunner
 
 from bastion.cli.main import app
@@ -20,6 +23,7 @@ from bastion.errors import InputError, UsageError
 from bastion.findings import Severity
 from bastion.govern.ledger import Ledger
 from bastion.supplychain.deps import (
+    _spans,
     audit_offline,
     choose_source,
     load_osv_db,
@@ -62,6 +66,43 @@ def hits(db, name: str, version: str) -> dict[str, str | None]:
 def test_ecosystem_ranges(db, version: str, expected: dict[str, str | None]) -> None:
     # The withdrawn advisory, the npm entry and the GIT range never match.
     assert hits(db, "demo-lib", version) == expected
+
+
+def interval_oracle(events: list[tuple[str, int | None]], v: int) -> bool:
+    """Affected as intervals rather than a walk: some `introduced` I <= v with no `fixed` F
+    in [I, v] and no `last_affected` L in [I, v) (None is the "0" start)."""
+    for kind, start in events:
+        if kind != "introduced" or (start is not None and start > v):
+            continue
+        low = -1 if start is None else start
+        blocked = any(
+            (k == "fixed" and b is not None and low <= b <= v)
+            or (k == "last_affected" and b is not None and low <= b < v)
+            for k, b in events
+        )
+        if not blocked:
+            return True
+    return False
+
+
+EVENT = st.tuples(
+    st.sampled_from(["introduced", "fixed", "last_affected"]), st.integers(0, 9)
+).map(lambda e: (e[0], e[1]))
+
+
+@given(
+    events=st.lists(EVENT, min_size=1, max_size=6).filter(
+        lambda es: len({b for _, b in es}) == len(es)  # one event per version
+    ),
+    from_start=st.booleans(),
+    v=st.integers(0, 10),
+)
+def test_range_walk_matches_interval_semantics(events, from_start, v) -> None:
+    if from_start:
+        events = [*events, ("introduced", None)]  # in any order: the loader sorts them
+    osv_events = [{k: "0" if b is None else f"1.{b}"} for k, b in events]
+    (span,) = _spans("test", [{"type": "ECOSYSTEM", "events": osv_events}])
+    assert span.contains(Version(f"1.{v}")) == interval_oracle(events, v)
 
 
 def test_explicit_versions_and_names(db) -> None:
