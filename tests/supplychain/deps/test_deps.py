@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
 from typer.testing import CliRunner
@@ -90,6 +90,7 @@ EVENT = st.tuples(
 ).map(lambda e: (e[0], e[1]))
 
 
+@settings(max_examples=300, derandomize=True, deadline=None)
 @given(
     events=st.lists(EVENT, min_size=1, max_size=6).filter(
         lambda es: len({b for _, b in es}) == len(es)  # one event per version
