@@ -103,6 +103,19 @@ def test_card_without_inputs_invents_nothing(demo, tmp_path: Path) -> None:
     assert "Not provided: run Bastion's assessments" in text
 
 
+def test_datasheet_without_inputs_invents_nothing(demo, tmp_path: Path) -> None:
+    out = tmp_path / "sheet.md"
+    assert invoke("datasheet", "-d", str(demo.data), "-o", str(out)).exit_code == 0
+    text = out.read_text("utf-8")
+    assert "- **Classes:** _Not provided: name the class column with `--label COLUMN`_" in text
+    assert "Not provided: record changes with `bastion ledger append" in text
+    assert "Not provided: run Bastion's PII and poisoning checks" in text
+    for key in ("owners", "license", "motivation.purpose", "uses.not_recommended",
+                "maintenance.retention"):
+        assert f"Not provided: add `{key}` to datasheet.yaml" in text, key
+    assert "- **Missing values:** 2 cell(s) in 1 of 65 column(s)" in text  # measured anyway
+
+
 def test_html_escapes_user_text(demo, tmp_path: Path) -> None:
     card_yaml = tmp_path / "card.yaml"
     card_yaml.write_text('description: "<script>alert(1)</script> & <b>bold</b>"\n')

@@ -85,7 +85,7 @@ def build_card(inputs: CardInputs) -> Document:
         summary=(
             f"Model file `{inputs.model.path.name}` (sha256 {inputs.model.sha256}). "
             "Written by `bastion card` from the ledger, Bastion's reports and card.yaml; "
-            "parts marked *Not provided* need an answer from the model's owners."
+            "parts marked 'Not provided' need an answer from the model's owners."
         ),
         sections=sections,
         front_matter=_front_matter(inputs),

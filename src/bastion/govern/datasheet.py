@@ -51,7 +51,7 @@ def build_datasheet(inputs: DatasheetInputs) -> Document:
         summary=(
             f"Dataset `{inputs.composition.path}`{digest}. Written by `bastion datasheet` from "
             "the data itself, the ledger, Bastion's reports and datasheet.yaml; parts marked "
-            "*Not provided* need an answer from the dataset's owners (Gebru et al., "
+            "'Not provided' need an answer from the dataset's owners (Gebru et al., "
             "Datasheets for Datasets)."
         ),
         sections=sections,
