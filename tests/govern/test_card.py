@@ -187,6 +187,8 @@ def test_bad_input_exits_2_with_one_line(demo, tmp_path: Path) -> None:
         "unknown --format 'pdf'": ["card", "-m", model, "-o", str(tmp_path), "-f", "pdf"],
         "is a .md file but --format asks for html": ["card", "-m", model, "-o", out,
                                                       "-f", "html"],
+        "give a folder or a file ending in .md or .html": ["card", "-m", model, "-o",
+                                                           str(tmp_path / "card.txt")],
         "no label column 'nope'": ["datasheet", "-d", data, "--label", "nope", "-o", out],
         "no such data file": ["datasheet", "-d", str(tmp_path / "none.csv"), "-o", out],
         "no ledger at": ["card", "-m", model, "--ledger", str(tmp_path / "none.db"),

@@ -45,8 +45,8 @@ def output_paths(out: str, formats: str | None, stem: str) -> dict[str, str]:
         if wanted and wanted != [suffix]:
             raise UsageError(f"--out {out} is a .{suffix} file but --format asks for {formats}")
         return {suffix: out}
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder, .md or .html file")
+    if (target.exists() and not target.is_dir()) or (suffix and not target.is_dir()):
+        raise UsageError(f"--out {out}: give a folder or a file ending in .md or .html")
     return {fmt: str(target / f"{stem}.{fmt}") for fmt in (wanted or list(RENDERERS))}
 
 
