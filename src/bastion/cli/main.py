@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.bom import bom_command
+from bastion.cli.card import card_command, datasheet_command
 from bastion.cli.demo import demo_command
+from bastion.cli.deps import deps_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
@@ -22,6 +25,10 @@ app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.command("bom")(bom_command)
+app.command("deps")(deps_command)
+app.command("card")(card_command)
+app.command("datasheet")(datasheet_command)
 
 
 def main() -> None:
