@@ -27,8 +27,9 @@ def parse_formats(text: str) -> list[str]:
     formats = [f.strip() for f in text.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
+        wrong = ", ".join(unknown) or repr(text)
         raise typer.BadParameter(
-            f"unknown format {', '.join(unknown) or text!r} (expected some of: {', '.join(FORMATS)})"
+            f"unknown format {wrong} (expected some of: {', '.join(FORMATS)})"
         )
     return list(dict.fromkeys(formats))
 

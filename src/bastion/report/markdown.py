@@ -48,7 +48,8 @@ def to_markdown(result: AuditResult, command: str, report_link: str | None = Non
         f"{result.fail_on}"
     )
     lines = [f"## Bastion audit: {cell(result.project)}", "", verdict, ""]
-    lines += ["| threat | score | grade | findings | checks |", "| --- | ---: | :---: | ---: | --- |"]
+    lines += ["| threat | score | grade | findings | checks |",
+              "| --- | ---: | :---: | ---: | --- |"]
     for s in result.scores.values():
         score = "not assessed" if s.score is None else str(s.score)
         lines.append(f"| {s.threat.value} | {score} | {s.grade} | {sum(s.findings.values())} "
