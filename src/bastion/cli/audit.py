@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console, Group
@@ -16,6 +17,10 @@ from rich.table import Table
 
 from bastion.cli.common import friendly_errors, parse_severity
 from bastion.config import DEFAULT_CONFIG
+from bastion.report.html import shown_path
+
+if TYPE_CHECKING:
+    from bastion.audit import AuditResult
 
 FORMATS = ("html", "json", "sarif", "md")
 SUFFIX = {"html": "html", "json": "json", "sarif": "sarif", "md": "md"}
@@ -75,7 +80,7 @@ class LiveProgress:
         self.console.line()
 
 
-def print_summary(result, console: Console, reports: dict[str, Path]) -> None:
+def print_summary(result: AuditResult, console: Console, reports: dict[str, Path]) -> None:
     scores = Table(title="Score per threat", title_justify="left", show_edge=False)
     for column in ("threat", "score", "grade", "findings"):
         scores.add_column(column)
@@ -86,10 +91,12 @@ def print_summary(result, console: Console, reports: dict[str, Path]) -> None:
     blocking = sorted(result.blocking, key=lambda f: -f.severity)
     if blocking:
         table = Table(title="Findings that fail the gate", title_justify="left", show_edge=False)
-        for column in ("severity", "rule", "finding"):
+        for column in ("severity", "rule", "where", "finding"):
             table.add_column(column, overflow="fold")
+        root = os.path.dirname(result.config_path) if result.config_path else None
         for f in blocking:
-            table.add_row(str(f.severity), f.rule_id, escape(f.title))
+            where = shown_path(f.location.path, root)
+            table.add_row(str(f.severity), f.rule_id, escape(where), escape(f.title))
         parts.append(table)
     console.print(Group(*parts))
     for fmt, path in reports.items():
@@ -104,10 +111,10 @@ def print_summary(result, console: Console, reports: dict[str, Path]) -> None:
                       f"the threshold ({len(result.findings)} in all).")
 
 
-def audit(
+def audit_with_result(
     config_path: str,
     out: str,
-    formats: list[str],
+    formats: list[str] = list(FORMATS),  # noqa: B006 - never mutated
     *,
     fail_on: str | None = None,
     only: list[str] | None = None,
@@ -116,8 +123,9 @@ def audit(
     jobs: int | None = None,
     seed: int = 0,
     console: Console | None = None,
-) -> int:
-    """Run the audit, write the reports, record it; the exit code (0 pass, 1 fail)."""
+) -> tuple[AuditResult, dict[str, Path]]:
+    """Run the audit with live progress, write the reports, record the audit in the ledger
+    and print the summary. Returns the result and the report files by format."""
     from bastion.audit import record_audit, run_audit, to_report
     from bastion.config import load_config
     from bastion.fsutil import atomic_write
@@ -150,7 +158,7 @@ def audit(
         reports[fmt] = atomic_write(Path(out) / f"audit.{SUFFIX[fmt]}", texts[fmt]())
     record_audit(config, result, reports)
     print_summary(result, console, reports)
-    return 0 if result.passed else 1
+    return result, reports
 
 
 @friendly_errors
@@ -190,6 +198,6 @@ def audit_command(
     """Audit a model project end to end: run every applicable check, write one report in
     each format, record the audit in the ledger and exit by the policy (0 pass, 1 fail)."""
     formats = parse_formats(fmt)
-    code = audit(config, out, formats, fail_on=fail_on, only=_names(only), skip=_names(skip),
-                 ray=ray, jobs=jobs, seed=seed)
-    raise typer.Exit(code)
+    result, _ = audit_with_result(config, out, formats, fail_on=fail_on, only=_names(only),
+                                  skip=_names(skip), ray=ray, jobs=jobs, seed=seed)
+    raise typer.Exit(0 if result.passed else 1)
