@@ -7,6 +7,7 @@ silent pass; a check the policy requires that did not run fails the gate.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -246,6 +247,18 @@ def _error_finding(outcome: Outcome, where: str) -> Finding:
     )
 
 
+def _with_recheck(finding: Finding, check: str) -> Finding:
+    """Every finding names the Bastion command that re-checks it; a check's rule that does
+    not gets the audit's own."""
+    if "`bastion " in finding.remediation:
+        return finding
+    text = finding.remediation.rstrip()
+    separator = " " if text.endswith(".") else ". "
+    return dataclasses.replace(
+        finding, remediation=f"{text}{separator}Re-check with `bastion audit --only {check}`."
+    )
+
+
 def check_ledger(config: AuditConfig) -> Path | None:
     """The ledger to record in; checked before any check runs, so a typo costs nothing."""
     if config.ledger is None:
@@ -315,6 +328,7 @@ def run_audit(
         found = list(outcome.result.findings)
         if outcome.status == ERROR:
             found.append(_error_finding(outcome, where))
+        found = [_with_recheck(f, outcome.name) for f in found]
         for finding in found:
             check_of[id(finding)] = outcome.name
         findings.extend(found)

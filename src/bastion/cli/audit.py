@@ -100,7 +100,7 @@ def print_summary(result: AuditResult, console: Console, reports: dict[str, Path
         parts.append(table)
     console.print(Group(*parts))
     for fmt, path in reports.items():
-        console.print(f"{fmt} report: {path}")
+        console.print(f"{fmt} report: {path}", soft_wrap=True)
     if result.ledger_index is not None:
         console.print(f"recorded in the ledger as entry {result.ledger_index}")
     if result.passed:

@@ -372,7 +372,7 @@ def run_demo(workdir: str, *, ray: str | None = None, jobs: int | None = None,
     result, paths = audit_with_result(str(example.config), str(reports), console=console,
                                       ray=ray, jobs=jobs)
     ok = self_check(example, result, console)
-    console.print(f"\nReport: {paths['html']}")
+    console.print(f"\nReport: {paths['html']}", soft_wrap=True)
     if not fix:
         verdict = ("[green]found exactly the planted problems[/]" if ok
                    else "[red]self-check failed[/]")
@@ -382,5 +382,5 @@ def run_demo(workdir: str, *, ray: str | None = None, jobs: int | None = None,
         remediate(example)
     fixed, paths = audit_with_result(str(example.config), str(root / "reports-fixed"),
                                      console=console, ray=ray, jobs=jobs)
-    console.print(f"\nReport after the fixes: {paths['html']}")
+    console.print(f"\nReport after the fixes: {paths['html']}", soft_wrap=True)
     return 0 if ok and fixed.passed else 1
