@@ -74,8 +74,13 @@ class CheckContext:
             return [func(item) for item in items]
         import ray
 
-        remote = ray.remote(func)
-        return ray.get([remote.remote(item) for item in items])
+        remote = ray.remote(_apply)
+        return ray.get([remote.remote(func, item) for item in items])
+
+
+def _apply(func: Callable[[T], R], item: T) -> R:
+    """The Ray task behind `CheckContext.map` (any callable, builtins included)."""
+    return func(item)
 
 
 @dataclass(frozen=True)
