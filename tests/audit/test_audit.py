@@ -16,7 +16,7 @@ from bastion.audit import CHECK_FAILED, REQUIRED_NOT_RUN, run_audit
 from bastion.audit_checks import Check, CheckContext, CheckResult, registry
 from bastion.cli.main import app
 from bastion.config import load_config, parse_config
-from bastion.demo.run import PLANTED, build_example, remediate
+from bastion.demo.run import PLANTED, build_example
 from bastion.findings import Severity, Threat
 from bastion.govern.events import file_digest
 from bastion.govern.ledger import Ledger
@@ -36,7 +36,7 @@ def audit_cli(*args: str):
 def audited(tmp_path_factory: pytest.TempPathFactory):
     """The demo project, audited once through the CLI."""
     root = tmp_path_factory.mktemp("audit") / "demo"
-    example = build_example(root)
+    example = build_example(root, torch_checkpoint=False)
     out = root / "reports"
     result = audit_cli("--config", str(example.config), "--out", str(out))
     assert not example.marker.exists()
@@ -144,18 +144,6 @@ def test_the_ledger_records_what_was_audited(audited) -> None:
     details = event["details"]
     assert details["gate"] == "fail" and details["findings"]["critical"] >= 6
     assert details["reports"]["json"]["digest"] == file_digest(out / "audit.json")
-
-
-def test_gate_passes_after_the_remediations(tmp_path: Path) -> None:
-    example = build_example(tmp_path / "demo")
-    remediate(example)
-    result = audit_cli("--config", str(example.config), "--out", str(tmp_path / "out"))
-    assert result.exit_code == 0, result.output
-    document = json.loads((tmp_path / "out" / "audit.json").read_text())
-    assert document["metrics"]["gate"]["passed"] is True
-    assert max(Severity.parse(f["severity"]) for f in document["findings"]) < Severity.MEDIUM
-    assert document["metrics"]["checks"]["signature"]["metrics"]["models"][
-        str(example.root / "models" / "digits.joblib")]["verified"] is True
 
 
 @pytest.fixture

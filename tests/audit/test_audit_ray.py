@@ -28,8 +28,12 @@ def _key(finding) -> tuple:
     return (finding.rule_id, finding.location.path, finding.location.member, finding.title)
 
 
-def test_ray_audit_matches_the_process_audit(tmp_path: Path, local_ray) -> None:
-    example = build_example(tmp_path / "demo")
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory):
+    return build_example(tmp_path_factory.mktemp("ray") / "demo", torch_checkpoint=False)
+
+
+def test_ray_audit_matches_the_process_audit(tmp_path: Path, example, local_ray) -> None:
     config = load_config(example.config)
     on_ray = run_audit(config, out=tmp_path / "ray", ray_address="local")
     in_processes = run_audit(config, out=tmp_path / "proc", jobs=2)
@@ -40,8 +44,7 @@ def test_ray_audit_matches_the_process_audit(tmp_path: Path, local_ray) -> None:
     assert ray.is_initialized()  # joined the running instance, so left it running
 
 
-def test_cli_audit_on_ray(tmp_path: Path, local_ray) -> None:
-    example = build_example(tmp_path / "demo")
+def test_cli_audit_on_ray(tmp_path: Path, example, local_ray) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["audit", "--config", str(example.config), "--out", str(out),
                                       "--ray", "local", "--format", "json"])

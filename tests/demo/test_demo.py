@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.console import Console
 from typer.testing import CliRunner
 
+from bastion.audit import run_audit
 from bastion.cli.main import app
-from bastion.demo.run import PLANTED
+from bastion.config import load_config
+from bastion.demo.run import PLANTED, Planted, build_example, planted_problems, self_check
 
 
 def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -> None:
@@ -32,17 +35,20 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
         if f["severity"] in ("high", "critical") and "downloads" in f["location"]["path"]
     }
     assert blocking == set(PLANTED)
+    signature = after["metrics"]["checks"]["signature"]["metrics"]["models"]
+    assert signature[str(workdir / "models" / "digits.joblib")]["verified"] is True
+    assert max(f["severity"] for f in after["findings"]) == "low"
     assert not (workdir / "PAYLOAD_RAN").exists()
 
 
-def test_demo_exits_1_when_its_self_check_fails(tmp_path: Path, monkeypatch) -> None:
-    import bastion.demo.run as demo
-
-    # A planted problem the audit cannot find: the self-check must say so and fail.
-    extra = demo.Planted("a problem nobody planted", "signature", "models/other.joblib",
-                         rule_id="BST-AUD-SIG-001")
-    planted = demo.planted_problems()
-    monkeypatch.setattr(demo, "planted_problems", lambda: [*planted, extra])
-    result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "demo")])
-    assert result.exit_code == 1
-    assert "missed" in result.output and "self-check failed" in result.output
+def test_self_check_fails_when_a_planted_problem_is_missed(tmp_path: Path) -> None:
+    example = build_example(tmp_path / "demo", torch_checkpoint=False)
+    result = run_audit(load_config(example.config), out=tmp_path / "out", jobs=1)
+    console = Console(record=True, width=200)
+    assert self_check(example, result, console)
+    nobody = Planted("a problem nobody planted", "signature", "models/other.joblib",
+                     rule_id="BST-AUD-SIG-001")
+    assert not self_check(example, result, console, [*planted_problems(), nobody])
+    last_row = console.export_text().strip().splitlines()[-1]
+    cells = [cell.strip() for cell in last_row.split("│")]
+    assert cells == ["a problem nobody planted", "signature", "missed"]

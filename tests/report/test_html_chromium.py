@@ -130,7 +130,7 @@ def test_html_report_renders_in_chromium(tmp_path: Path,
                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (.ci/run installs it)"
-    example = build_example(tmp_path / "demo")
+    example = build_example(tmp_path / "demo", torch_checkpoint=False)
     result = run_audit(load_config(example.config), out=tmp_path / "out", jobs=1)
     scan = result.outcome("scan")
     scan.result.plots.append(Plot("Example check plot", "image/png", _check_plot_png(), "y = x²"))

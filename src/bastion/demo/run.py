@@ -22,6 +22,7 @@ import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -29,6 +30,9 @@ from rich.table import Table
 
 from bastion.findings import Finding, Severity, Threat
 from bastion.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from bastion.audit import AuditResult
 
 # Planted in downloads/: what a team might pull from a model hub or a shared drive.
 PLANTED = (
@@ -175,8 +179,10 @@ def _train(x: np.ndarray, y: np.ndarray, path: Path) -> None:
     joblib.dump(model, path, compress=3)
 
 
-def _benign_checkpoints(folder: Path, x: np.ndarray, y: np.ndarray) -> list[Path]:
-    """Real files saved the ways teams save them, which the scan must not flag."""
+def _benign_checkpoints(folder: Path, x: np.ndarray, y: np.ndarray, torch_checkpoint: bool
+                        ) -> list[Path]:
+    """Real files saved the ways teams save them, which the scan must not flag; a torch
+    state_dict too when torch is installed and wanted."""
     from sklearn.linear_model import LogisticRegression
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,6 +190,8 @@ def _benign_checkpoints(folder: Path, x: np.ndarray, y: np.ndarray) -> list[Path
                     pickle.dumps(LogisticRegression(max_iter=200).fit(x, y), protocol=5))]
     np.save(folder / "digits-mean.npy", x.mean(axis=0))
     paths.append(folder / "digits-mean.npy")
+    if not torch_checkpoint:
+        return paths
     try:
         import torch
     except ImportError:
@@ -279,8 +287,9 @@ def config_text(serving: dict[str, object], public_key: str | None = None,
     return "# The Bastion demo project (written by `bastion demo`).\n\n" + "\n".join(sections)
 
 
-def build_example(root: Path) -> Example:
-    """Write the example project under `root` (which is replaced if it exists)."""
+def build_example(root: Path, *, torch_checkpoint: bool = True) -> Example:
+    """Write the example project under `root` (which is replaced if it exists).
+    `torch_checkpoint=False` leaves out the torch state_dict (and torch's import time)."""
     from bastion.demo.malicious import TECHNIQUES
     from bastion.govern.ledger import init_ledger
 
@@ -293,7 +302,8 @@ def build_example(root: Path) -> Example:
     _write_table(root / TRAIN, x_poisoned, y_poisoned)
     _write_table(root / TEST, x_test, y_test)
     _train(x_poisoned, y_poisoned, root / MODEL)
-    example.benign = [root / MODEL, *_benign_checkpoints(root / "checkpoints", x_train, y_train)]
+    example.benign = [root / MODEL, *_benign_checkpoints(root / "checkpoints", x_train, y_train,
+                                                                 torch_checkpoint)]
     for name in PLANTED:
         filename, data = TECHNIQUES[name](example.marker)
         example.malicious.append(_write(root / "downloads" / name / filename, data))
@@ -324,7 +334,8 @@ def remediate(example: Example) -> None:
                  config_text(SECURE_SERVING, public_key=public_key, artifacts=["checkpoints"]))
 
 
-def self_check(example: Example, result, console: Console) -> bool:
+def self_check(example: Example, result: AuditResult, console: Console,
+               expected: list[Planted] | None = None) -> bool:
     """Every planted problem whose check ran was found; nothing else fails the gate; no
     payload ran."""
     ran = {o.name for o in result.outcomes if o.status == "ran"}
@@ -333,7 +344,7 @@ def self_check(example: Example, result, console: Console) -> bool:
         table.add_column(column)
     missed = []
     explained: set[int] = set()
-    for planted in planted_problems():
+    for planted in planted_problems() if expected is None else expected:
         hits = [f for f in result.findings if planted.found_by(f, example.root)]
         explained.update(id(f) for f in hits)
         if planted.check not in ran:
