@@ -95,7 +95,7 @@ class AuditResult:
     seconds: float
     backend: str
     scores: dict[Threat, ThreatScore] = field(default_factory=dict)
-    ledger_index: int | None = None
+    ledger_index: int | None = None  # set by record_audit, after the reports are written
 
     def threshold_for(self, finding: Finding) -> Severity:
         return self.thresholds.get(self.check_of.get(id(finding), ""), self.fail_on)
@@ -162,15 +162,23 @@ def _in_process(names: list[str], config: AuditConfig, contexts: dict[str, Check
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    waiting = list(names)
     with ProcessPoolExecutor(min(jobs, len(names)), mp_context=context) as pool:
         pending: dict[Future, str] = {}
-        for name in names:
+
+        def start_next() -> None:  # one check per free worker, so "running" is true
+            name = waiting.pop(0)
             pending[pool.submit(_timed, name, config, contexts[name])] = name
             progress(name, "running", 0.0)
+
+        while waiting and len(pending) < jobs:
+            start_next()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield pending.pop(future), future.result()
+                if waiting:
+                    start_next()
 
 
 def _connect_ray(address: str, jobs: int) -> bool:
@@ -302,6 +310,10 @@ def run_audit(
             progress(name, NOT_APPLICABLE, 0.0)
     for name in left_out:
         progress(name, SKIPPED, 0.0)
+    where = str(config.source or config.root / "bastion.toml")
+    if not runnable:
+        raise InputError(f"{where}: nothing to audit: no selected check applies (add [model] "
+                         "or [serving], or change --only/--skip)")
 
     use_ray = ray_address is not None
     contexts = {n: CheckContext(Path(out) / "checks" / n, seed, use_ray) for n in runnable}
@@ -320,7 +332,6 @@ def run_audit(
 
             ray.shutdown()
 
-    where = str(config.source or config.root / "bastion.toml")
     ordered = [outcomes[n] for n in checks]
     findings: list[Finding] = []
     check_of: dict[int, str] = {}
@@ -413,7 +424,6 @@ def audit_metrics(result: AuditResult) -> dict[str, Any]:
             }
             for o in result.outcomes
         },
-        "ledger_index": result.ledger_index,
     }
 
 

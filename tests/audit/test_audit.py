@@ -282,3 +282,24 @@ def test_documentation_presence_and_sections(small: Path) -> None:
     assert by_rule["BST-AUD-DOC-002"].evidence["missing_sections"] == [
         "training data", "evaluation", "limitations", "ethical considerations"]
     assert by_rule["BST-AUD-DOC-003"].severity is Severity.MEDIUM
+
+
+def test_nothing_to_audit_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "bastion.toml").write_text('[project]\nname = "empty"\n')
+    result = audit_cli("--config", str(tmp_path / "bastion.toml"), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "nothing to audit: no selected check applies" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_checks_wait_for_a_free_worker(small: Path) -> None:
+    config = load_config(_write_config(small, "[serving]\n"))
+    events: list[tuple[str, str]] = []
+    run_audit(config, out=small / "o", jobs=2,
+              progress=lambda name, status, seconds: events.append((name, status)))
+    running = 0
+    for _, status in events:
+        running += {"running": 1, "ran": -1, "error": -1}.get(status, 0)
+        assert running <= 2
+    assert sorted(n for n, s in events if s == "ran") == ["documentation", "scan", "serving",
+                                                          "signature"]

@@ -104,7 +104,6 @@ def context(result: AuditResult, command: str) -> dict[str, Any]:
         "seconds": f"{result.seconds:.1f}",
         "backend": result.backend,
         "config": result.config_path or "(built in code)",
-        "ledger_index": result.ledger_index,
         "counts": {str(s): sum(f.severity == s for f in result.findings)
                    for s in reversed(Severity)},
         "scores": [
