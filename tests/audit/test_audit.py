@@ -200,6 +200,13 @@ def test_bad_arguments_exit_2_with_one_line(small: Path, args: list[str], messag
     assert not (small / "o").exists()
 
 
+def test_out_must_be_a_folder(small: Path) -> None:
+    config = _write_config(small, "")
+    (small / "taken").write_text("x")
+    result = audit_cli("--config", str(config), "--out", str(small / "taken"))
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output
+
+
 def test_missing_ledger_is_refused_before_any_check(small: Path) -> None:
     config = _write_config(small, '[ledger]\npath = "nope.ledger"\n')
     result = audit_cli("--config", str(config), "--out", str(small / "o"))

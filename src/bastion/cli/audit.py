@@ -17,6 +17,7 @@ from rich.table import Table
 
 from bastion.cli.common import friendly_errors, parse_severity
 from bastion.config import DEFAULT_CONFIG
+from bastion.errors import InputError
 from bastion.report.html import shown_path
 
 if TYPE_CHECKING:
@@ -136,6 +137,8 @@ def audit_with_result(
     console = console or Console()
     threshold = parse_severity(fail_on) if fail_on else None
     config = load_config(config_path)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
     command = shlex.join(["bastion", "audit", "--config", config_path, "--out", out,
                           "--format", ",".join(formats),
                           *(["--fail-on", fail_on] if fail_on else []),
