@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,20 +166,25 @@ def _in_process(names: list[str], config: AuditConfig, contexts: dict[str, Check
     waiting = list(names)
     with ProcessPoolExecutor(min(jobs, len(names)), mp_context=context) as pool:
         pending: dict[Future, str] = {}
-
-        def start_next() -> None:  # one check per free worker, so "running" is true
-            name = waiting.pop(0)
-            pending[pool.submit(_timed, name, config, contexts[name])] = name
-            progress(name, "running", 0.0)
-
-        while waiting and len(pending) < jobs:
-            start_next()
-        while pending:
+        while waiting or pending:
+            while waiting and len(pending) < jobs:  # one check per free worker
+                name = waiting.pop(0)
+                try:
+                    pending[pool.submit(_timed, name, config, contexts[name])] = name
+                except BrokenProcessPool as exc:
+                    yield name, (CheckResult(), f"worker process died: {exc}", 0.0)
+                    continue
+                progress(name, "running", 0.0)
+            if not pending:
+                continue
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield pending.pop(future), future.result()
-                if waiting:
-                    start_next()
+                name = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:  # the worker died (killed, out of memory)
+                    outcome = (CheckResult(), f"worker process died: {exc}", 0.0)
+                yield name, outcome
 
 
 def _connect_ray(address: str, jobs: int) -> bool:
@@ -214,7 +220,12 @@ def _on_ray(names: list[str], config: AuditConfig, contexts: dict[str, CheckCont
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            yield pending.pop(ref), ray.get(ref)
+            name = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the task or its worker failed in Ray
+                outcome = (CheckResult(), f"Ray task failed: {type(exc).__name__}", 0.0)
+            yield name, outcome
 
 
 def scores(outcomes: list[Outcome]) -> dict[Threat, ThreatScore]:

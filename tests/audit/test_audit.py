@@ -4,6 +4,7 @@ nothing else fails the gate, the gate passes once the fixes are applied; reports
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -241,6 +242,21 @@ def test_a_failing_check_is_a_finding_not_a_pass(small: Path, monkeypatch) -> No
     failed = [f for f in result.findings if f.rule_id == CHECK_FAILED.rule_id]
     assert len(failed) == 1 and failed[0] in result.blocking
     assert result.scores[Threat.PRIVACY].score is None  # an error assesses nothing
+
+
+def _dies(config, ctx: CheckContext) -> CheckResult:
+    os._exit(3)  # what an out-of-memory kill looks like to the pool
+
+
+def test_a_worker_that_dies_is_a_finding(small: Path, monkeypatch) -> None:
+    dying = Check("dying", "Kills its worker", (Threat.PRIVACY,), lambda config: True, _dies)
+    checks = {**registry(), "dying": dying}
+    monkeypatch.setattr(audit_module, "registry", lambda: checks)
+    result = run_audit(load_config(_write_config(small, "")), out=small / "o", jobs=2)
+    assert result.outcome("dying").status == "error"
+    assert "worker process died" in result.outcome("dying").error
+    assert {o.status for o in result.outcomes} <= {"ran", "error", "not applicable"}
+    assert not result.passed
 
 
 def test_signature_states(small: Path) -> None:
