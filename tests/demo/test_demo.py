@@ -52,3 +52,15 @@ def test_self_check_fails_when_a_planted_problem_is_missed(tmp_path: Path) -> No
     last_row = console.export_text().strip().splitlines()[-1]
     cells = [cell.strip() for cell in last_row.split("│")]
     assert cells == ["a problem nobody planted", "signature", "missed"]
+
+
+def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of work")
+    result = CliRunner().invoke(app, ["demo", "--dir", str(work)])
+    assert result.exit_code == 2
+    assert "not empty and not made by `bastion demo`" in result.output
+    assert (work / "thesis.tex").read_text() == "years of work"
+    again = build_example(tmp_path / "demo", torch_checkpoint=False)
+    assert build_example(again.root, torch_checkpoint=False).root == again.root  # its own: ok

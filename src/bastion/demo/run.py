@@ -28,6 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bastion.errors import InputError
 from bastion.findings import Finding, Severity, Threat
 from bastion.fsutil import atomic_write
 
@@ -49,6 +50,7 @@ TRIGGER_PIXELS = (0, 7, 56, 63)  # the four corners of the 8x8 image, blank in r
 TARGET_CLASS = 0
 POISON_ROWS = 60
 SEED = 0
+DEMO_STAMP = ".bastion-demo"
 
 PERMISSIVE_SERVING = {
     "host": "0.0.0.0",
@@ -287,14 +289,28 @@ def config_text(serving: dict[str, object], public_key: str | None = None,
     return "# The Bastion demo project (written by `bastion demo`).\n\n" + "\n".join(sections)
 
 
+def _claim(root: Path) -> None:
+    """Make `root` an empty demo folder. Only a folder the demo made before (it holds the
+    stamp file) or an empty one is replaced: `--dir .` must never delete someone's work."""
+    stamp = root / DEMO_STAMP
+    if root.exists():
+        if not root.is_dir():
+            raise InputError(f"--dir {root}: exists and is not a folder")
+        if any(root.iterdir()) and not stamp.is_file():
+            raise InputError(f"--dir {root}: not empty and not made by `bastion demo`; "
+                             "choose a new folder")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    stamp.write_text("Made by `bastion demo`; the next run replaces this folder.\n")
+
+
 def build_example(root: Path, *, torch_checkpoint: bool = True) -> Example:
     """Write the example project under `root` (which is replaced if it exists).
     `torch_checkpoint=False` leaves out the torch state_dict (and torch's import time)."""
     from bastion.demo.malicious import TECHNIQUES
     from bastion.govern.ledger import init_ledger
 
-    if root.exists():
-        shutil.rmtree(root)
+    _claim(root)
     example = Example(root, root / "PAYLOAD_RAN")
     x_train, x_test, y_train, y_test = _digits_split()
     x_poisoned, y_poisoned, example.poisoned_rows = poison(
