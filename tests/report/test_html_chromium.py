@@ -110,8 +110,8 @@ def _errors(events: list[dict[str, Any]]) -> list[Any]:
     return found
 
 
-def _check_plot_png() -> bytes:
-    """A real matplotlib plot, as a check would attach it."""
+def _check_plot(fmt: str) -> bytes:
+    """A real matplotlib plot (PNG or SVG), as a check would attach it."""
     import io
 
     import matplotlib
@@ -122,7 +122,7 @@ def _check_plot_png() -> bytes:
     figure = Figure(figsize=(3, 2))
     figure.subplots().plot([0, 1, 2], [0, 1, 4])
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format=fmt)
     return buffer.getvalue()
 
 
@@ -133,7 +133,8 @@ def test_html_report_renders_in_chromium(tmp_path: Path,
     example = build_example(tmp_path / "demo", torch_checkpoint=False)
     result = run_audit(load_config(example.config), out=tmp_path / "out", jobs=1)
     scan = result.outcome("scan")
-    scan.result.plots.append(Plot("Example check plot", "image/png", _check_plot_png(), "y = x²"))
+    scan.result.plots.append(Plot("PNG plot", "image/png", _check_plot("png"), "y = x²"))
+    scan.result.plots.append(Plot("SVG plot", "image/svg+xml", _check_plot("svg"), "y = x²"))
     html = to_html(result, "bastion audit")
     assert "http://" not in html and "https://" not in html.replace(
         "https://app.example", "")  # nothing to fetch
@@ -166,8 +167,9 @@ def test_html_report_renders_in_chromium(tmp_path: Path,
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     assert screenshot.read_bytes().startswith(b"\x89PNG")
     assert _errors(browser.events) == []
-    assert len(images) == 2  # the score chart and the check's plot
+    assert len(images) == 3  # the score chart and the check's two plots
     for image in images:
         assert image["complete"] and image["width"] > 0, image
-        assert image["src"] == "data:image/png;base64,"
+    assert [i["src"][:14] for i in images] == ["data:image/png", "data:image/png",
+                                                "data:image/svg"]
     assert verdict["result"]["value"].startswith("Gate failed: 9 finding(s)")
