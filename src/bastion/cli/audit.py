@@ -16,9 +16,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 
 from bastion.cli.common import friendly_errors, parse_severity
-from bastion.config import DEFAULT_CONFIG
 from bastion.errors import InputError
-from bastion.report.html import shown_path
 
 if TYPE_CHECKING:
     from bastion.audit import AuditResult
@@ -82,6 +80,8 @@ class LiveProgress:
 
 
 def print_summary(result: AuditResult, console: Console, reports: dict[str, Path]) -> None:
+    from bastion.report.html import shown_path
+
     scores = Table(title="Score per threat", title_justify="left", show_edge=False)
     for column in ("threat", "score", "grade", "findings"):
         scores.add_column(column)
@@ -168,7 +168,7 @@ def audit_with_result(
 def audit_command(
     config: Annotated[
         str, typer.Option("--config", "-c", help="The project's bastion.toml.")
-    ] = DEFAULT_CONFIG,
+    ] = "bastion.toml",
     out: Annotated[
         str, typer.Option("--out", "-o", help="Folder for the reports.")
     ] = "bastion-report",
