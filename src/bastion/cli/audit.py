@@ -134,7 +134,7 @@ def audit_with_result(
     from bastion.report.html import to_html
     from bastion.report.markdown import to_markdown
 
-    console = console or Console()
+    console = console or Console(highlight=False)
     threshold = parse_severity(fail_on) if fail_on else None
     config = load_config(config_path)
     if Path(out).exists() and not Path(out).is_dir():

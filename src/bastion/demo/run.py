@@ -390,7 +390,7 @@ def run_demo(workdir: str, *, ray: str | None = None, jobs: int | None = None,
     `fix`, when the gate passes after the remediations)."""
     from bastion.cli.audit import audit_with_result
 
-    console = Console()
+    console = Console(highlight=False)
     root = Path(workdir).resolve()
     with console.status("Building the example project (training a digits model)..."):
         example = build_example(root)
