@@ -184,8 +184,6 @@ class Policy(_Section):
 class AuditConfig(_Section):
     """A whole `bastion.toml`. `root` is the folder relative paths are read from."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
     version: Literal[1] = 1
     project: Project = Project()
     model: ModelSection | None = None
@@ -230,8 +228,6 @@ def _key(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("function-after", "function-before") or "[" in str(part):
-            continue  # pydantic's names for validator steps and union branches
         else:
             text += f".{part}" if text else str(part)
     return text
@@ -269,7 +265,7 @@ def parse_config(
     return config
 
 
-def _require(config: AuditConfig, key: str, path: Path, what: str, source: str) -> None:
+def _require(key: str, path: Path, what: str, source: str) -> None:
     if not path.exists():
         raise InputError(f"{source}: {key}: {what} {path} does not exist")
 
@@ -278,16 +274,16 @@ def check_paths(config: AuditConfig, source: str) -> None:
     """Files the audit must read exist (a missing model is a typo, not a finding)."""
     if config.model:
         for i, raw in enumerate(config.model.path):
-            _require(config, f"model.path[{i}]", config.resolve(raw), "model file", source)
+            _require(f"model.path[{i}]", config.resolve(raw), "model file", source)
         for i, raw in enumerate(config.model.artifacts):
-            _require(config, f"model.artifacts[{i}]", config.resolve(raw), "artifact", source)
+            _require(f"model.artifacts[{i}]", config.resolve(raw), "artifact", source)
     for name in ("train", "test"):
         dataset = getattr(config.data, name)
         if dataset is not None:
-            _require(config, f"data.{name}.path", config.resolve(dataset.path), "data", source)
+            _require(f"data.{name}.path", config.resolve(dataset.path), "data", source)
     if config.signing.public_key:
         key = config.resolve(config.signing.public_key)
-        _require(config, "signing.public_key", key, "public key", source)
+        _require("signing.public_key", key, "public key", source)
 
 
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG) -> AuditConfig:
