@@ -162,7 +162,10 @@ def test_html_report_renders_in_chromium(tmp_path: Path,
     finally:
         browser.close()
 
-    artifacts = tmp_path_factory.mktemp("artifacts")
+    # Kept under pytest's temporary folder; CI can ask for a copy where it collects artifacts.
+    artifacts = Path(os.environ.get("BASTION_TEST_ARTIFACTS") or
+                     tmp_path_factory.mktemp("artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
     screenshot = artifacts / "audit-report.png"
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     assert screenshot.read_bytes().startswith(b"\x89PNG")

@@ -4,6 +4,7 @@ limit by folding and, as a last resort, truncating with a pointer to the full re
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from bastion.findings import Finding, Severity
@@ -41,7 +42,7 @@ def _finding_rows(result: AuditResult, findings: list[Finding], root: str | None
 
 
 def to_markdown(result: AuditResult, command: str, report_link: str | None = None) -> str:
-    root = result.config_path.rsplit("/", 1)[0] if result.config_path else None
+    root = os.path.dirname(result.config_path) if result.config_path else None
     verdict = (
         "✅ **gate passed**" if result.passed
         else f"❌ **gate failed**: {len(result.blocking)} finding(s) at or above "
