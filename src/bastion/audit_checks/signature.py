@@ -46,11 +46,12 @@ BAD_SIGNATURE = register(Rule(
 
 def _signature_for(config: AuditConfig, model: Path) -> Path | None:
     """The declared signature, else FILE.sig beside the model, else a folder's model.sig
-    between the model and the project root."""
+    between the model and the project root (at most three folders up, as safe loading
+    looks)."""
     if config.signing.signature:
         declared = config.resolve(config.signing.signature)
         return declared if declared.is_file() else None
-    for scope in (model, *model.parents):
+    for scope in (model, *model.parents[:3]):
         candidate = default_signature_path(scope)
         if candidate.is_file():
             return candidate
