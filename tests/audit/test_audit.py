@@ -276,6 +276,24 @@ def test_signature_states(small: Path) -> None:
     assert "file changed" in tampered[0].evidence["problems"][0]
 
 
+def test_a_folder_signature_covers_the_model(small: Path) -> None:
+    from bastion.supplychain.sign import generate_key_pair, sign
+
+    generate_key_pair(small / "k.pem")
+    release = small / "release"
+    release.mkdir()
+    (small / "m.joblib").rename(release / "m.joblib")
+    (release / "config.json").write_text("{}")
+    sign(release, small / "k.pem")  # writes release/model.sig over the whole folder
+    path = small / "bastion.toml"
+    path.write_text('[model]\npath = "release/m.joblib"\n[signing]\npublic_key = "k.pub"\n')
+    assert run_audit(load_config(path), out=small / "o", only=["signature"]).findings == []
+    (release / "config.json").write_text('{"changed": true}')
+    changed = run_audit(load_config(path), out=small / "o", only=["signature"]).findings
+    assert [f.rule_id for f in changed] == ["BST-AUD-SIG-003"]
+    assert "config.json" in changed[0].evidence["problems"][0]
+
+
 def test_serving_review_reads_each_setting(tmp_path: Path) -> None:
     from bastion.audit_checks.serving import review
 

@@ -44,17 +44,23 @@ BAD_SIGNATURE = register(Rule(
 ))
 
 
-def _signature_for(config: AuditConfig, model: Path) -> Path | None:
-    """The declared signature, else FILE.sig beside the model, else a folder's model.sig
-    between the model and the project root (at most three folders up, as safe loading
-    looks)."""
+def _signature_for(config: AuditConfig, model: Path) -> tuple[Path, Path] | None:
+    """What signs the model and what that signature covers: the declared signature, else
+    FILE.sig beside the model, else a folder's model.sig at most three folders up (as safe
+    loading looks). A folder's signature covers the whole folder, so the folder is what is
+    verified."""
     if config.signing.signature:
         declared = config.resolve(config.signing.signature)
-        return declared if declared.is_file() else None
+        if not declared.is_file():
+            return None
+        folder = declared.parent
+        covers_folder = (declared.name == default_signature_path(folder).name
+                         and model.is_relative_to(folder))
+        return (folder if covers_folder else model), declared
     for scope in (model, *model.parents[:3]):
         candidate = default_signature_path(scope)
         if candidate.is_file():
-            return candidate
+            return scope, candidate
         if scope == config.root:
             break
     return None
@@ -89,9 +95,10 @@ def _unsigned(config: AuditConfig, model: Path) -> Finding:
 
 
 def _check_model(config: AuditConfig, model: Path) -> tuple[list[Finding], dict[str, object]]:
-    signature = _signature_for(config, model)
-    if signature is None:
+    found = _signature_for(config, model)
+    if found is None:
         return [_unsigned(config, model)], {"signed": False}
+    scope, signature = found
     if not config.signing.public_key:
         finding = NO_KEY.finding(
             f"Signature of {model.name} cannot be verified: no public key declared",
@@ -101,7 +108,7 @@ def _check_model(config: AuditConfig, model: Path) -> tuple[list[Finding], dict[
         return [finding], {"signed": True, "verified": False}
     key = config.resolve(config.signing.public_key)
     try:
-        result = verify_model(model, key, signature)
+        result = verify_model(scope, key, signature)
     except VerificationError as exc:
         finding = BAD_SIGNATURE.finding(
             f"Signature of {model.name} does not verify",
