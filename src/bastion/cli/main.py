@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.audit import audit_command
 from bastion.cli.bom import bom_command
 from bastion.cli.card import card_command, datasheet_command
 from bastion.cli.demo import demo_command
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.command("scan")(scan_command)
 app.command("demo")(demo_command)
+app.command("audit")(audit_command)
 app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
