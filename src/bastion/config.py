@@ -166,6 +166,29 @@ class LedgerSection(_Section):
     key: str | None = None
 
 
+class SupplyChain(_Section):
+    """Where the project's Python packages are listed (for the ML-BOM and the dependency
+    check) and where known vulnerabilities are looked up. Without `osv_db` or `online`
+    the dependency check does not run, so an audit never touches the network unasked."""
+
+    requirements: str | None = None
+    lock: str | None = None
+    osv_db: str | None = None
+    online: bool = False
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> SupplyChain:
+        if self.requirements and self.lock:
+            raise ValueError("requirements and lock both list the packages: give one")
+        if self.osv_db and self.online:
+            raise ValueError("osv_db (offline) and online = true (pip-audit) are two "
+                             "vulnerability sources: give one")
+        if self.online and self.lock:
+            raise ValueError("online = true runs pip-audit, which reads requirements files or "
+                             "the environment, not lock files: use osv_db with a lock file")
+        return self
+
+
 class Documentation(_Section):
     model_card: str | None = None
     datasheet: str | None = None
@@ -191,6 +214,7 @@ class AuditConfig(_Section):
     threat_model: ThreatModel = ThreatModel()
     serving: Serving | None = None
     signing: Signing = Signing()
+    supply_chain: SupplyChain = SupplyChain()
     ledger: LedgerSection | None = None
     documentation: Documentation = Documentation()
     policy: Policy = Policy()
@@ -284,6 +308,12 @@ def check_paths(config: AuditConfig, source: str) -> None:
     if config.signing.public_key:
         key = config.resolve(config.signing.public_key)
         _require("signing.public_key", key, "public key", source)
+    supply = config.supply_chain
+    for key, what in (("requirements", "requirements file"), ("lock", "lock file"),
+                      ("osv_db", "OSV folder")):
+        raw = getattr(supply, key)
+        if raw:
+            _require(f"supply_chain.{key}", config.resolve(raw), what, source)
 
 
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG) -> AuditConfig:

@@ -5,19 +5,24 @@ model cards; Gebru et al.'s datasheets for datasets)."""
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from bastion.audit_checks import Check, CheckContext, CheckResult
-from bastion.config import AuditConfig
+from bastion.config import AuditConfig, DataSet
 from bastion.findings import Finding, Location, Rule, Severity, Threat, register
 
 CARD_NAMES = ("MODEL_CARD.md", "model_card.md", "model-card.md", "MODELCARD.md")
 DATASHEET_NAMES = ("DATASHEET.md", "datasheet.md", "data-sheet.md", "DATA_SHEET.md")
-# Section -> words any one of which in a heading counts as that section.
+# Section -> words any one of which in a heading counts as that section. Model Card
+# Toolkit's section names count too (what `bastion card` writes): its "considerations" hold
+# the intended uses, "model parameters" the training data, "quantitative analysis" the
+# evaluation.
 CARD_SECTIONS = {
-    "intended use": ("intended use", "uses"),
-    "training data": ("training data", "data"),
-    "evaluation": ("evaluation", "metrics", "performance"),
+    "intended use": ("intended use", "uses", "considerations"),
+    "training data": ("training data", "data", "model parameters"),
+    "evaluation": ("evaluation", "metrics", "performance", "quantitative analysis"),
     "limitations": ("limitations", "caveats", "risks"),
     "ethical considerations": ("ethical", "ethics"),
 }
@@ -89,9 +94,37 @@ def missing_sections(text: str, sections: dict[str, tuple[str, ...]]) -> list[st
     ]
 
 
+def _shown(config: AuditConfig, path: Path) -> str:
+    try:
+        return shlex.quote(str(path.relative_to(config.root)))
+    except ValueError:
+        return shlex.quote(str(path))
+
+
+def _with_ledger(config: AuditConfig, command: str) -> str:
+    if config.ledger is None:
+        return command
+    return f"{command} --ledger {_shown(config, config.resolve(config.ledger.path))}"
+
+
+def _card_command(config: AuditConfig, target: Path) -> str:
+    """The exact `bastion card` command that drafts the model card at `target`."""
+    model = _shown(config, config.model_paths()[0])
+    return _with_ledger(config, f"bastion card --model {model} --out {_shown(config, target)}")
+
+
+def _datasheet_command(config: AuditConfig, train: DataSet, target: Path) -> str:
+    """The exact `bastion datasheet` command that drafts the datasheet at `target`."""
+    command = f"bastion datasheet --data {_shown(config, config.resolve(train.path))}"
+    if train.label:
+        command += f" --label {shlex.quote(train.label)}"
+    return _with_ledger(config, f"{command} --out {_shown(config, target)}")
+
+
 def _review(
     config: AuditConfig, declared: str | None, names: tuple[str, ...],
     sections: dict[str, tuple[str, ...]], missing_rule: Rule, incomplete_rule: Rule, what: str,
+    draft: Callable[[Path], str],
 ) -> tuple[list[Finding], dict[str, object]]:
     path = _find(config, declared, names)
     if path is None:
@@ -100,6 +133,8 @@ def _review(
             f"No {what} in the project", Location(str(expected)),
             evidence={"looked_for": [declared] if declared else list(names),
                       "sections": list(sections)},
+            remediation=f"Draft it with `{draft(expected)}`, then "
+            f"complete the sections listed in the evidence. {_RECHECK}",
         )
         return [finding], {"present": False}
     with open(path, "rb") as handle:
@@ -118,11 +153,14 @@ def _review(
 def _run(config: AuditConfig, ctx: CheckContext) -> CheckResult:
     docs = config.documentation
     findings, card = _review(config, docs.model_card, CARD_NAMES, CARD_SECTIONS, NO_CARD,
-                             CARD_INCOMPLETE, "model card")
+                             CARD_INCOMPLETE, "model card",
+                             lambda target: _card_command(config, target))
     metrics: dict[str, object] = {"model_card": card}
-    if config.data.train is not None:
+    train = config.data.train
+    if train is not None:
         more, sheet = _review(config, docs.datasheet, DATASHEET_NAMES, DATASHEET_SECTIONS,
-                              NO_DATASHEET, DATASHEET_INCOMPLETE, "datasheet")
+                              NO_DATASHEET, DATASHEET_INCOMPLETE, "datasheet",
+                              lambda target: _datasheet_command(config, train, target))
         findings += more
         metrics["datasheet"] = sheet
     return CheckResult(findings=findings, metrics=metrics)

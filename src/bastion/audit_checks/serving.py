@@ -37,7 +37,8 @@ NO_AUTH = _rule(
     "BST-AUD-SRV-002", "serving-without-api-keys",
     "Anyone who can reach the endpoint can query the model: no per-client limits, budgets or "
     "audit trail can apply, and extraction or abuse cannot be traced to a client.",
-    "Set `require_api_keys = true` in [serving] and issue keys with `bastion keys create`.",
+    "Set `require_api_keys = true` in [serving] and issue one key per client with "
+    "`bastion api-keys create --name CLIENT`.",
     Threat.NETWORK, Severity.HIGH, ("ML05", "AML.T0040"),
 )
 NO_RATE_LIMIT = _rule(
