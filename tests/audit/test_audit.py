@@ -108,7 +108,12 @@ def test_json_report_and_scores(audited) -> None:
     assert scores["documentation"] == {"score": 100, "grade": "A", "checks": ["documentation"]}
     assert scores["adversarial-examples"]["score"] is None  # no evasion check installed here
     assert {n: c["status"] for n, c in metrics["checks"].items()} == {
+        "bom": "ran", "deps": "not applicable",  # no OSV folder declared, and never online
         "documentation": "ran", "scan": "ran", "serving": "ran", "signature": "ran"}
+    bom = metrics["checks"]["bom"]["metrics"]["bom"]
+    assert bom == str(out / "checks" / "bom" / "bom.cdx.json")
+    assert {"path": bom, "kind": "ml-bom", "format": "CycloneDX 1.6 JSON",
+            "digest": file_digest(bom)} in document["artifacts"]
 
 
 def test_sarif_from_the_audit_validates(audited) -> None:
@@ -176,8 +181,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
                 if f["rule_id"] == REQUIRED_NOT_RUN.rule_id}
     assert required == {"signature": "skipped", "evasion": "no such check is installed"}
     statuses = {n: c["status"] for n, c in document["metrics"]["checks"].items()}
-    assert statuses == {"documentation": "ran", "scan": "ran", "serving": "skipped",
-                        "signature": "skipped"}
+    assert statuses == {"bom": "skipped", "deps": "skipped", "documentation": "ran",
+                        "scan": "ran", "serving": "skipped", "signature": "skipped"}
     skipped = audit_cli("--config", str(config), "--out", str(small / "s"), "--skip", "signature",
                         "--skip", "scan", "--format", "md")
     assert "| `scan` | skipped |" in (small / "s" / "audit.md").read_text()
@@ -187,8 +192,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--only", "evasion"], "unknown check 'evasion' (available: documentation, scan, "
-         "serving, signature)"),
+        (["--only", "evasion"], "unknown check 'evasion' (available: bom, deps, documentation, "
+         "scan, serving, signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),
     ],
@@ -323,6 +328,20 @@ def test_documentation_presence_and_sections(small: Path) -> None:
     assert by_rule["BST-AUD-DOC-002"].evidence["missing_sections"] == [
         "training data", "evaluation", "limitations", "ethical considerations"]
     assert by_rule["BST-AUD-DOC-003"].severity is Severity.MEDIUM
+    assert ("`bastion datasheet --data train.csv --out DATASHEET.md`"
+            in by_rule["BST-AUD-DOC-003"].remediation)
+
+
+def test_a_card_drafted_by_bastion_card_has_the_sections(small: Path, monkeypatch) -> None:
+    (small / "MODEL_CARD.md").unlink()
+    monkeypatch.chdir(small)  # remediation commands are run from the project folder
+    config = load_config(_write_config(small, ""))
+    (missing,) = run_audit(config, out=small / "o", only=["documentation"]).findings
+    command = "bastion card --model m.joblib --out MODEL_CARD.md"
+    assert missing.rule_id == "BST-AUD-DOC-001" and f"`{command}`" in missing.remediation
+    drafted = CliRunner().invoke(app, command.split()[1:])
+    assert drafted.exit_code == 0, drafted.output
+    assert run_audit(config, out=small / "o", only=["documentation"]).findings == []
 
 
 def test_nothing_to_audit_is_an_input_error(tmp_path: Path) -> None:
@@ -342,5 +361,5 @@ def test_checks_wait_for_a_free_worker(small: Path) -> None:
     for _, status in events:
         running += {"running": 1, "ran": -1, "error": -1}.get(status, 0)
         assert running <= 2
-    assert sorted(n for n, s in events if s == "ran") == ["documentation", "scan", "serving",
-                                                          "signature"]
+    assert sorted(n for n, s in events if s == "ran") == ["bom", "documentation", "scan",
+                                                          "serving", "signature"]
