@@ -1,8 +1,9 @@
 """The audit's supply-chain checks: `bom` writes a schema-valid CycloneDX 1.6 ML-BOM as an
 artifact and reports what it cannot pin; `deps` matches the declared packages against an
-OSV folder (tests/supplychain/deps/osv), never the network; both turn bad input into a
-failed-check finding or a one-line configuration error. Also: every command a check's or
-the demo's remediation names exists."""
+OSV folder (tests/supplychain/deps/osv); online (pip-audit) only when configured, tested
+with its proxy at a closed loopback port so nothing leaves the machine. Both turn bad input
+into a failed-check finding or a one-line configuration error. Also: every command a
+check's or the demo's remediation names exists."""
 
 from __future__ import annotations
 
@@ -215,3 +216,18 @@ def test_every_command_a_remediation_names_exists() -> None:
     assert ("api-keys", "create") in named and ("keys", "generate") in named
     assert named <= known, named - known
     assert "`bastion api-keys create --name CLIENT`" in NO_AUTH.remediation
+
+
+def test_online_deps_check_runs_pip_audit_and_a_failure_is_a_finding(
+        project: Path, monkeypatch) -> None:
+    closed = "http://127.0.0.1:9"  # the discard port: the connection is refused locally
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, closed)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config(configure(project, "online = true\n"))
+    result = run_audit(config, out=project / "out", only=["deps"], jobs=1)
+    assert result.outcome("deps").status == "error"
+    (failed,) = result.findings
+    assert failed.rule_id == CHECK_FAILED.rule_id and not result.passed
+    assert "pip-audit failed" in failed.evidence["error"]
