@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign bench-privacy
+.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-scan: $(STAMP) $(PEERS)
 
 bench-sign: $(STAMP) $(PEERS)
 	$(BIN)/python bench/sign/run.py
+
+bench-audit: $(STAMP)
+	nice -n 10 $(BIN)/python bench/audit/run.py
 
 bench-privacy: $(STAMP) $(ML_PEERS)
 	$(BIN)/python bench/privacy/run.py

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.audit import audit_command
+from bastion.cli.bom import bom_command
+from bastion.cli.card import card_command, datasheet_command
 from bastion.cli.demo import demo_command
+from bastion.cli.deps import deps_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.pii import pii_command
 from bastion.cli.privacy import inversion_command, membership_command
@@ -20,10 +24,15 @@ app = typer.Typer(
 )
 app.command("scan")(scan_command)
 app.command("demo")(demo_command)
+app.command("audit")(audit_command)
 app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.command("bom")(bom_command)
+app.command("deps")(deps_command)
+app.command("card")(card_command)
+app.command("datasheet")(datasheet_command)
 # Temporary `data` group until cli/data.py's data_app lands; then: data_app.command("pii").
 _data_app = typer.Typer(help="Check datasets: personal data.", no_args_is_help=True)
 _data_app.command("pii")(pii_command)
