@@ -138,23 +138,31 @@ def input_gradients_only(module: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
-class _Tracker:
-    """Remembers, per point, the first iterate that the model misclassified."""
+class _Rows:
+    """Per-point attack state. A point the model already misclassifies is done: its iterate
+    is recorded and its row dropped, so later steps only pay for points still standing."""
 
-    def __init__(self, start: torch.Tensor) -> None:
-        self.best = start.clone()
-        self.found = torch.zeros(len(start), dtype=torch.bool, device=start.device)
+    def __init__(self, box: Box, **tensors: torch.Tensor | None) -> None:
+        self.box = box
+        self.index = torch.arange(len(box.x), device=box.x.device)
+        self.__dict__.update(tensors)
 
-    def update(self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        new = (logits.argmax(dim=1) != y) & ~self.found
-        if new.any():
-            self.best[new] = x_adv[new].detach()
-            self.found |= new
+    def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
+             found: torch.Tensor) -> bool:
+        """Record the done rows' `x_adv` in `result`, drop them; False once none remain."""
+        result[self.index[done]] = x_adv[done].detach()
+        found[self.index[done]] = True
+        keep = ~done
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value[keep])
+        box = self.box
+        self.box = Box(box.x[keep], box.lower, box.upper, box.mutable, box.eps, box.norm)
+        return len(self.index) > 0
 
 
 def _loss_and_grad(
-    clf: TorchClassifier, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn,
-    target: torch.Tensor | None,
+    clf: TorchClassifier, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -164,7 +172,12 @@ def _loss_and_grad(
     return values.detach(), grad, logits.detach()
 
 
-# The attacks. Each takes one batch already on the device and returns (x_adv, found).
+def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1) != y
+
+
+# The attacks. Each takes one batch already on the device and returns (x_adv, found): the
+# first misclassified iterate where there is one, else the attack's final (or best) point.
 
 
 def fgsm_batch(clf: TorchClassifier, box: Box, y: torch.Tensor) -> torch.Tensor:
@@ -177,15 +190,24 @@ def pgd_batch(
     random_start: bool, generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Madry et al.'s projected gradient ascent on the cross-entropy, one restart."""
-    x_adv = box.random_start(generator) if random_start else box.x.clone()
-    tracker = _Tracker(x_adv)
+    start = box.random_start(generator) if random_start else box.x.clone()
+    result = start.clone()
+    found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    rows = _Rows(box, x=start, y=y)
     for _ in range(steps):
-        _, grad, logits = _loss_and_grad(clf, x_adv, y, cross_entropy, None)
-        tracker.update(x_adv, logits, y)
-        x_adv = box.project(x_adv + step_size * box.direction(grad))
+        _, grad, logits = _loss_and_grad(clf, rows.x, rows.y, cross_entropy, None)
+        done = _fooled(logits, rows.y)
+        if done.any():
+            grad = grad[~done]
+            if not rows.drop(done, rows.x, result, found):
+                return result, found
+        with torch.no_grad():
+            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(grad))
     with torch.no_grad():
-        tracker.update(x_adv, clf.logits(x_adv), y)
-    return torch.where(_per_row(tracker.found, x_adv), tracker.best, x_adv), tracker.found
+        done = _fooled(clf.logits(rows.x), rows.y)
+    result[rows.index] = rows.x
+    found[rows.index[done]] = True
+    return result, found
 
 
 def apgd_checkpoints(steps: int) -> set[int]:
@@ -199,7 +221,7 @@ def apgd_checkpoints(steps: int) -> set[int]:
 
 def apgd_batch(
     clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, loss: LossFn,
-    generator: torch.Generator, target: torch.Tensor | None = None,
+    generator: torch.Generator, target: Target = None,
     rho: float = 0.75, momentum: float = 0.75,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Auto-PGD (Croce & Hein 2020), one restart: momentum 0.75, step 2*eps halved at the
@@ -207,43 +229,49 @@ def apgd_batch(
     when the step was kept last time and the best loss has not improved; a halving restarts
     the point from its best iterate."""
     checkpoints = apgd_checkpoints(steps)
-    x_adv = box.random_start(generator, on_sphere=True)
-    step = torch.full_like(_per_row(y.float(), x_adv), 2 * box.eps)
-    values, grad, logits = _loss_and_grad(clf, x_adv, y, loss, target)
-    tracker = _Tracker(x_adv)
-    tracker.update(x_adv, logits, y)
-    best_x, best_grad, best_loss = x_adv.clone(), grad.clone(), values.clone()
-    previous_x, previous_loss = x_adv.clone(), values
-    rises = torch.zeros_like(values)
-    loss_at_check = best_loss.clone()
-    reduced_at_check = torch.ones_like(values, dtype=torch.bool)
+    start = box.random_start(generator, on_sphere=True)
+    values, grad, logits = _loss_and_grad(clf, start, y, loss, target)
+    result = start.clone()
+    found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    s = _Rows(
+        box, x=start, y=y, target=target, grad=grad, loss=values, current=values,
+        step=torch.full_like(_per_row(values, start), 2 * box.eps),
+        previous=start.clone(), best_x=start.clone(), best_grad=grad.clone(),
+        best_loss=values.clone(), rises=torch.zeros_like(values),
+        loss_at_check=values.clone(), reduced_at_check=torch.ones_like(values, dtype=torch.bool),
+    )
+    done = _fooled(logits, y)
+    if done.any() and not s.drop(done, s.x, result, found):
+        return result, found
     last_check = 0
     for k in range(steps):
         with torch.no_grad():
-            candidate = box.project(x_adv + step * box.direction(grad))
+            candidate = s.box.project(s.x + s.step * s.box.direction(s.grad))
             weight = momentum if k > 0 else 1.0
-            moved = x_adv + weight * (candidate - x_adv) + (1 - weight) * (x_adv - previous_x)
-            previous_x, x_adv = x_adv, box.project(moved)
-        values, grad, logits = _loss_and_grad(clf, x_adv, y, loss, target)
-        tracker.update(x_adv, logits, y)
+            moved = s.x + weight * (candidate - s.x) + (1 - weight) * (s.x - s.previous)
+            s.previous, s.x = s.x, s.box.project(moved)
+        s.current, s.grad, logits = _loss_and_grad(clf, s.x, s.y, loss, s.target)
+        done = _fooled(logits, s.y)
+        if done.any() and not s.drop(done, s.x, result, found):
+            return result, found
         with torch.no_grad():
-            rises += (values > previous_loss).float()
-            previous_loss = values
-            improved = values > best_loss
-            best_x[improved], best_grad[improved] = x_adv[improved], grad[improved]
-            best_loss = torch.where(improved, values, best_loss)
+            s.rises += (s.current > s.loss).float()
+            s.loss = s.current
+            improved = s.current > s.best_loss
+            s.best_x[improved], s.best_grad[improved] = s.x[improved], s.grad[improved]
+            s.best_loss = torch.where(improved, s.current, s.best_loss)
             if k + 1 in checkpoints:
-                stalled = rises < rho * (k + 1 - last_check)
-                flat = ~reduced_at_check & (best_loss <= loss_at_check)
+                stalled = s.rises < rho * (k + 1 - last_check)
+                flat = ~s.reduced_at_check & (s.best_loss <= s.loss_at_check)
                 reduce = stalled | flat
-                step[reduce] /= 2
-                x_adv[reduce], grad[reduce] = best_x[reduce], best_grad[reduce]
-                previous_x[reduce] = best_x[reduce]
-                reduced_at_check, loss_at_check = reduce, best_loss.clone()
-                rises.zero_()
+                s.step[reduce] /= 2
+                s.x[reduce], s.grad[reduce] = s.best_x[reduce], s.best_grad[reduce]
+                s.previous[reduce] = s.best_x[reduce]
+                s.reduced_at_check, s.loss_at_check = reduce, s.best_loss.clone()
+                s.rises.zero_()
                 last_check = k + 1
-    return torch.where(_per_row(tracker.found, x_adv), tracker.best, best_x), tracker.found
-
+    result[s.index] = s.best_x
+    return result, found
 
 # Numpy in, numpy out: chunked by the classifier's batch size, restarts only on the points
 # that are still classified correctly.
