@@ -12,13 +12,21 @@ from bastion.assess.evasion.attacks import (
     square,
 )
 from bastion.assess.evasion.constraints import Constraints, perturbation_norms, project
+from bastion.assess.evasion.robustness import (
+    EvasionPolicy,
+    RobustnessResult,
+    evaluate_robustness,
+)
 
 __all__ = [
     "ATTACKS",
     "AttackResult",
     "Constraints",
+    "EvasionPolicy",
+    "RobustnessResult",
     "apgd_ce",
     "apgd_targeted",
+    "evaluate_robustness",
     "fgsm",
     "hop_skip_jump",
     "perturbation_norms",
