@@ -1,0 +1,1 @@
+"""Defensive training: models that hold up against the attacks in `bastion.assess`."""
