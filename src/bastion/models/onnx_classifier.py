@@ -71,7 +71,8 @@ class OnnxClassifier:
                              "Bastion feeds float or double tensors")
         declared = tuple(first_input.shape[1:])
         fixed = all(isinstance(d, int) and d > 0 for d in declared)
-        self.input_shape = tuple(input_shape) if input_shape else (declared if fixed else None)
+        # the model's own fixed shape wins, so data of another shape is reported as such
+        self.input_shape = declared if fixed else (tuple(input_shape) if input_shape else None)
         if self.input_shape is None:
             raise UsageError("the ONNX model does not fix its input shape; pass input_shape")
         self.output_name = output or self._pick_output()

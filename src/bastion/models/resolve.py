@@ -72,7 +72,10 @@ def resolve_model(
             "--model-factory package.module:function (or save a TorchScript archive)"
         )
     if hasattr(loaded, "predict_proba") or hasattr(loaded, "predict"):
-        return SklearnClassifier(loaded, input_shape=input_shape, clip_values=clip_values)
+        known = getattr(loaded, "n_features_in_", None) is not None  # the model's own shape wins
+        return SklearnClassifier(
+            loaded, input_shape=None if known else input_shape, clip_values=clip_values
+        )
     raise InputError(f"{target}: holds a {type(loaded).__name__}, not a model Bastion can assess")
 
 
