@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign
+.PHONY: demo test lint bench-scan bench-sign bench-evasion
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,6 @@ bench-scan: $(STAMP) $(PEERS)
 
 bench-sign: $(STAMP) $(PEERS)
 	$(BIN)/python bench/sign/run.py
+
+bench-evasion: $(STAMP) $(ML_PEERS)
+	nice -n 10 $(BIN)/python bench/evasion/run.py

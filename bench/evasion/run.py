@@ -34,15 +34,16 @@ SEED = 0
 
 MODELS = {
     "cnn": ("CNN: 2 conv (16, 32) + max-pool + 2 linear, input 1x8x8", (1, 8, 8)),
-    "mlp": ("MLP: 64-256-256-10, input 64", (64,)),
+    # input 1x8x8 as well: torchattacks' APGD and Square only take image-shaped batches
+    "mlp": ("MLP: flatten, 64-256-256-10, input 1x8x8", (1, 8, 8)),
 }
 
 
 def build_model(kind: str) -> nn.Module:
     torch.manual_seed(SEED)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                             nn.Linear(256, 10))
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
+                             nn.ReLU(), nn.Linear(256, 10))
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -38,8 +38,27 @@ class Box:
     mutable: torch.Tensor | None
     eps: float
     norm: str
+    # Linf without immutable features: the ball and the box meet in one per-coordinate
+    # interval, so a projection is a single clamp.
+    floor: torch.Tensor | None = None
+    ceiling: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm == "inf" and self.mutable is None and self.floor is None:
+            self.floor = torch.maximum(self.x - self.eps, self.lower)
+            self.ceiling = torch.minimum(self.x + self.eps, self.upper)
+
+    def subset(self, keep: torch.Tensor) -> Box:
+        """The box of the rows in `keep`."""
+        return Box(
+            self.x[keep], self.lower, self.upper, self.mutable, self.eps, self.norm,
+            None if self.floor is None else self.floor[keep],
+            None if self.ceiling is None else self.ceiling[keep],
+        )
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor:
+        if self.floor is not None:
+            return torch.clamp(x_adv, self.floor, self.ceiling)
         delta = x_adv - self.x
         if self.mutable is not None:
             delta = delta * self.mutable
@@ -156,8 +175,7 @@ class _Rows:
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value[keep])
-        box = self.box
-        self.box = Box(box.x[keep], box.lower, box.upper, box.mutable, box.eps, box.norm)
+        self.box = self.box.subset(keep)
         return len(self.index) > 0
 
 
@@ -340,7 +358,7 @@ def _attack_chunk(
     result = box.x.clone()
     remaining = torch.arange(len(y), device=y.device)
     for _ in range(restarts):
-        sub = Box(box.x[remaining], box.lower, box.upper, box.mutable, box.eps, box.norm)
+        sub = box.subset(remaining)
         sub_target = None if target is None else target[remaining]
         if attack == "pgd":
             adv, found = pgd_batch(
