@@ -67,7 +67,8 @@ class HttpClassifier:
         if self.budget is not None and self.queries + len(x) > self.budget:
             raise QueryBudgetExhausted(
                 f"query budget of {self.budget} for {self.url} exhausted: {self.queries} "
-                f"rows sent, {len(x)} more requested; raise --budget or attack fewer points"
+                f"rows sent, {len(x)} more requested; raise the limit (--query-limit) or assess "
+                "fewer points (--points)"
             )
         parts = [self._post(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, getattr(self, "n_classes", 0)))
