@@ -16,6 +16,7 @@ FAST = {
     "fgsm": {},
     "pgd": {"steps": 10, "restarts": 2},
     "apgd-ce": {"steps": 10},
+    "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 10, "n_targets": 2},
     "square": {"max_queries": 100},
     "hopskipjump": {"max_queries": 300},

@@ -134,8 +134,9 @@ def evasion_command(
     declared_eps: Annotated[Optional[float], typer.Option(  # noqa: UP045
         "--declared-eps", help="The epsilon the model must withstand (default: smallest).")] = None,
     norm: Annotated[str, typer.Option("--norm", help="inf or 2.")] = "inf",
-    attacks: Annotated[str, typer.Option("--attacks", help="auto, or names: fgsm, pgd, "
-                                         "apgd-ce, apgd-t, square, hopskipjump.")] = "auto",
+    attacks: Annotated[str, typer.Option(
+        "--attacks", help="auto, or names: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square, "
+        "hopskipjump.")] = "auto",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Iterations of the gradient "
                                        "attacks.")] = 50,
     budget: Annotated[int, typer.Option("--budget", min=1, help="Queries per point for the "

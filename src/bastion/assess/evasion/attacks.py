@@ -132,6 +132,18 @@ def apgd_ce(
     )
 
 
+def apgd_dlr(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    steps: int = 100, restarts: int = 1, constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Auto-PGD on the untargeted DLR loss, which is invariant to shifting and scaling the
+    logits (so a model cannot hide behind saturated softmax outputs)."""
+    return _white_box(
+        "apgd-dlr", classifier, x, y, eps, norm, constraints, seed, attack="apgd",
+        steps=steps, restarts=restarts, loss="dlr",
+    )
+
+
 def apgd_targeted(
     classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
     steps: int = 100, n_targets: int = 3, constraints: Constraints | None = None, seed: int = 0,
@@ -205,6 +217,7 @@ ATTACKS: dict[str, tuple[Attack, bool]] = {
     "fgsm": (fgsm, True),
     "pgd": (pgd, True),
     "apgd-ce": (apgd_ce, True),
+    "apgd-dlr": (apgd_dlr, True),
     "apgd-t": (apgd_targeted, True),
     "square": (square, False),
     "hopskipjump": (hop_skip_jump, False),
