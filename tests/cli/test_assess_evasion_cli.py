@@ -4,6 +4,9 @@ ledger, tabular constraints, and one clear line with exit code 2 for bad input."
 from __future__ import annotations
 
 import json
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import joblib
@@ -33,7 +36,9 @@ def files(tmp_path_factory) -> Path:
         optimiser.zero_grad()
         nn.functional.cross_entropy(module(torch.tensor(x[:800])), torch.tensor(y[:800])).backward()
         optimiser.step()
-    torch.jit.script(module.eval()).save(str(folder / "mlp.pt"))
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(module.eval()).save(str(folder / "mlp.pt"))
     np.savez(folder / "digits.npz", x=x[1000:1100], y=y[1000:1100])
     np.savez(folder / "wide.npz", x=x[:5, :32], y=y[:5])
     np.savez(folder / "text.npz", x=np.array([["a"] * 64] * 5), y=np.zeros(5, np.int64))
@@ -53,7 +58,6 @@ def _invoke(*args: str):
     return runner.invoke(app, ["assess", "evasion", *args])
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_model_json_plot_and_ledger(files, tmp_path) -> None:
     assert runner.invoke(app, ["ledger", "init", str(tmp_path / "l.db")]).exit_code == 0
     plot = tmp_path / "curve.svg"
@@ -101,6 +105,45 @@ def test_scikit_learn_tabular_with_ranges_and_immutable_features(files, tmp_path
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["attacks"] == ["square"]
     assert metrics["curve"][0]["stages"][0]["queries"] > 0
+
+
+@pytest.fixture
+def endpoint(files):
+    """A real HTTP endpoint on loopback serving the digits logistic regression."""
+    model = joblib.load(files / "logreg.joblib")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            reply = {"probabilities": model.predict_proba(np.array(body["inputs"])).tolist()}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/predict"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_model_with_a_query_limit(files, endpoint) -> None:
+    args = ["--model-url", endpoint, "--data", str(files / "digits.npz"), "--eps", "0.2",
+            "--clip", "0,1", "--format", "json", *FAST]
+    result = _invoke(*args)
+    assert result.exit_code in (0, 1), result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["attacks"] == ["square"]
+    assert metrics["robust_accuracy"]["0.2"] < metrics["clean_accuracy"]
+    limited = _invoke(*args, "--query-limit", "200")
+    assert limited.exit_code == 2
+    assert "query budget of 200" in limited.output and "--query-limit" in limited.output
+    assert len(limited.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
