@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy
+.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy bench-evasion
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,6 @@ bench-audit: $(STAMP)
 
 bench-privacy: $(STAMP) $(ML_PEERS)
 	$(BIN)/python bench/privacy/run.py
+
+bench-evasion: $(STAMP) $(ML_PEERS)
+	nice -n 10 $(BIN)/python bench/evasion/run.py

@@ -63,6 +63,7 @@ ATLAS = {
     "AML.T0010": "ML Supply Chain Compromise",
     "AML.T0010.003": "ML Supply Chain Compromise: Model",
     "AML.T0011.000": "User Execution: Unsafe ML Artifacts",
+    "AML.T0015": "Evade ML Model",
     "AML.T0018": "Backdoor ML Model",
     "AML.T0020": "Poison Training Data",
     "AML.T0024.000": "Exfiltration via ML Inference API: Infer Training Data Membership",

@@ -1,1 +1,1 @@
-"""Red-team simulations: measure what an attacker could do to a model (membership, inversion)."""
+"""Red-team assessments: simulate an attack on a model and measure what it would achieve."""

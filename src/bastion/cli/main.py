@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.assess import assess_app
 from bastion.cli.audit import audit_command
 from bastion.cli.bom import bom_command
 from bastion.cli.card import card_command, datasheet_command
@@ -37,12 +38,9 @@ app.command("datasheet")(datasheet_command)
 _data_app = typer.Typer(help="Check datasets: personal data.", no_args_is_help=True)
 _data_app.command("pii")(pii_command)
 app.add_typer(_data_app, name="data")
-# Temporary `assess` group until cli/assess.py's assess_app lands; then:
-# assess_app.command("membership")(membership_command), same for inversion.
-_assess_app = typer.Typer(help="Red-team the model: privacy attacks.", no_args_is_help=True)
-_assess_app.command("membership")(membership_command)
-_assess_app.command("inversion")(inversion_command)
-app.add_typer(_assess_app, name="assess")
+assess_app.command("membership")(membership_command)
+assess_app.command("inversion")(inversion_command)
+app.add_typer(assess_app, name="assess")
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Training that defends: differentially private training (and adversarial training)."""
+"""Defensive training: adversarial training and differentially private training."""
