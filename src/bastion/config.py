@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -91,13 +92,51 @@ class Data(_Section):
     test: DataSet | None = None
 
 
+# `bastion.assess.evasion.ATTACKS`, and `auto`: the strongest sequence the model allows.
+EvasionAttack = Literal["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "hopskipjump",
+                        "auto"]
+
+
 class Evasion(_Section):
-    eps: float = Field(gt=0)
-    norm: Literal["linf", "l2", "l1"] = "linf"
-    attacks: list[Literal["fgsm", "pgd", "apgd", "square", "hopskipjump"]] = Field(
-        default_factory=lambda: ["pgd"], min_length=1
-    )
-    min_robust_accuracy: Fraction | None = None
+    """The evasion attacker, in the terms of `bastion assess evasion`: perturbation budgets
+    (`eps`, one or a list for the robustness curve), the budget the model must withstand
+    (`declared_eps`), the norm, the attacks, and how much of the test data and compute the
+    assessment spends."""
+
+    eps: list[float] = Field(min_length=1)
+    declared_eps: float | None = None
+    norm: Literal["linf", "l2"] = "linf"
+    attacks: list[EvasionAttack] = Field(default_factory=lambda: ["auto"], min_length=1)
+    min_robust_accuracy: Fraction = 0.5
+    points: PositiveInt = 200
+    steps: PositiveInt = 50
+    budget: PositiveInt = 1000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many(cls, data: Any) -> Any:
+        """`eps = 0.5` and `attacks = "auto"` mean one-element lists."""
+        if not isinstance(data, dict):
+            return data
+        single = {k: [data[k]] for k in ("eps", "attacks") if isinstance(data.get(k), int | float
+                                                                         | str)}
+        return {**data, **single}
+
+    @field_validator("eps")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        for eps in values:
+            if not 0 < eps < float("inf"):
+                raise ValueError(f"every epsilon must be a positive number (got {eps})")
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Evasion:
+        if self.declared_eps is not None and self.declared_eps not in self.eps:
+            raise ValueError(f"declared_eps {self.declared_eps} must be one of eps {self.eps}")
+        if "auto" in self.attacks and len(self.attacks) > 1:
+            raise ValueError("attacks: 'auto' picks the attacks itself; give it alone")
+        return self
 
 
 class Membership(_Section):

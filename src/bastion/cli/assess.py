@@ -81,28 +81,6 @@ def _ranges(path: str | None, names: tuple[str, ...], size: int) -> dict[int, tu
     return ranges
 
 
-def _labels(dataset: Any, classifier: Any) -> np.ndarray:
-    """The data's labels as the model's class indices."""
-    if dataset.y is None:
-        raise InputError(f"{dataset.source}: no labels; name the label column with --label "
-                         "or store y in the .npz")
-    raw = np.asarray(dataset.classes, dtype=object)[dataset.y]
-    if hasattr(classifier, "to_indices"):
-        return classifier.to_indices(raw)
-    if not all(isinstance(v, (int, np.integer)) for v in raw.tolist()):
-        raise InputError(
-            f"{dataset.source}: labels must be class indices 0..{classifier.n_classes - 1} "
-            "for this model"
-        )
-    labels = raw.astype(np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= classifier.n_classes):
-        raise InputError(
-            f"{dataset.source}: labels must be class indices 0..{classifier.n_classes - 1}; "
-            f"got values from {labels.min()} to {labels.max()}"
-        )
-    return labels
-
-
 def _curve_table(result: Any) -> Table:
     table = Table(title=f"robust accuracy (L{result.norm}, {result.n_points} points, clean "
                   f"{result.clean_accuracy:.1%})", title_justify="left")
@@ -173,7 +151,7 @@ def evasion_command(
     from bastion.assess.evasion.plot import plot_curve, plot_format
     from bastion.assess.evasion.robustness import resolve_attacks
     from bastion.data import load_dataset
-    from bastion.models.resolve import resolve_model
+    from bastion.models.resolve import class_indices, resolve_model
 
     threshold = parse_severity(fail_on)
     epsilons = [check_eps(e) for e in _floats(eps, "--eps")]
@@ -195,7 +173,7 @@ def evasion_command(
         model, model_factory, tuple(x.shape[1:]), clip_values=clip_values, url=model_url,
         budget=query_limit,
     )
-    y = _labels(dataset, classifier)[: len(x)]
+    y = class_indices(dataset, classifier)[: len(x)]
     resolve_attacks(classifier, attacks)
     size = int(np.prod(x.shape[1:]))
     names = dataset.feature_names

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bastion.errors import InputError, RefusedError, UsageError
 from bastion.findings import Finding, Severity
 from bastion.models.classifier import Classifier, ClipValues, SklearnClassifier
@@ -77,6 +79,28 @@ def resolve_model(
             loaded, input_shape=None if known else input_shape, clip_values=clip_values
         )
     raise InputError(f"{target}: holds a {type(loaded).__name__}, not a model Bastion can assess")
+
+
+def class_indices(dataset: Any, classifier: Classifier) -> np.ndarray:
+    """The data's labels as the model's class indices."""
+    if dataset.y is None:
+        raise InputError(f"{dataset.source}: no labels; name the label column with --label "
+                         "or store y in the .npz")
+    raw = np.asarray(dataset.classes, dtype=object)[dataset.y]
+    if hasattr(classifier, "to_indices"):
+        return classifier.to_indices(raw)
+    if not all(isinstance(v, (int, np.integer)) for v in raw.tolist()):
+        raise InputError(
+            f"{dataset.source}: labels must be class indices 0..{classifier.n_classes - 1} "
+            "for this model"
+        )
+    labels = raw.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= classifier.n_classes):
+        raise InputError(
+            f"{dataset.source}: labels must be class indices 0..{classifier.n_classes - 1}; "
+            f"got values from {labels.min()} to {labels.max()}"
+        )
+    return labels
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -22,7 +22,11 @@ def plot_format(path: str | os.PathLike[str]) -> str:
 
 
 def plot_curve(result: RobustnessResult, path: str | os.PathLike[str]) -> Path:
-    fmt = plot_format(path)
+    return atomic_write(path, curve_image(result, plot_format(path)))
+
+
+def curve_image(result: RobustnessResult, fmt: str = "png") -> bytes:
+    """The curve as image bytes in `fmt` ("png" or "svg"), for reports that embed it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,4 +49,4 @@ def plot_curve(result: RobustnessResult, path: str | os.PathLike[str]) -> Path:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt)
-    return atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
