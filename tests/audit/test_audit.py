@@ -172,17 +172,18 @@ def _write_config(root: Path, text: str) -> Path:
 
 
 def test_only_skip_and_required_checks(small: Path) -> None:
-    config = _write_config(small, '[policy]\nrequired = ["scan", "signature", "evasion"]\n')
+    config = _write_config(small, '[policy]\nrequired = ["scan", "signature", "fuzzing"]\n')
     result = audit_cli("--config", str(config), "--out", str(small / "o"), "--only",
                        "scan,documentation", "--format", "json")
     assert result.exit_code == 1, result.output
     document = json.loads((small / "o" / "audit.json").read_text())
     required = {f["evidence"]["check"]: f["evidence"]["reason"] for f in document["findings"]
                 if f["rule_id"] == REQUIRED_NOT_RUN.rule_id}
-    assert required == {"signature": "skipped", "evasion": "no such check is installed"}
+    assert required == {"signature": "skipped", "fuzzing": "no such check is installed"}
     statuses = {n: c["status"] for n, c in document["metrics"]["checks"].items()}
     assert statuses == {"bom": "skipped", "deps": "skipped", "documentation": "ran",
-                        "scan": "ran", "serving": "skipped", "signature": "skipped"}
+                        "evasion": "skipped", "scan": "ran", "serving": "skipped",
+                        "signature": "skipped"}
     skipped = audit_cli("--config", str(config), "--out", str(small / "s"), "--skip", "signature",
                         "--skip", "scan", "--format", "md")
     assert "| `scan` | skipped |" in (small / "s" / "audit.md").read_text()
@@ -192,8 +193,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--only", "evasion"], "unknown check 'evasion' (available: bom, deps, documentation, "
-         "scan, serving, signature)"),
+        (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, deps, documentation, "
+         "evasion, scan, serving, signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),
     ],

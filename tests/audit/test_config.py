@@ -102,7 +102,7 @@ def test_defaults_are_the_secure_gateway_defaults(tmp_path: Path) -> None:
          "be"),
         ({"serving": {"output": "top-k"}}, "bastion.toml: serving: output = 'top-k' needs top_k"),
         ({"threat_model": {"evasion": {"eps": 0}}}, "bastion.toml: threat_model.evasion.eps: "
-         "Input should be greater than 0"),
+         "every epsilon must be a positive number"),
         ({"threat_model": {"evasion": {"eps": 1, "attacks": ["deepfool"]}}},
          "bastion.toml: threat_model.evasion.attacks[0]: Input should be 'fgsm'"),
         ({"threat_model": {"membership": {"max_advantage": 2}}},
