@@ -162,3 +162,49 @@ def test_bad_evasion_config_exits_2_with_one_line(digits_project: Path, tmp_path
     assert f"{config}: {message}" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+NETWORK = '''
+import torch
+
+
+def build():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 10))
+'''
+
+
+def test_torch_factory_model_gets_the_white_box_sequence(tmp_path: Path) -> None:
+    """A state_dict with the network's code beside bastion.toml, rows reshaped to the declared
+    input shape; `auto` runs APGD-CE, APGD-T and Square, and the curve shows no masking."""
+    import torch
+
+    (tmp_path / "evasion_net.py").write_text(NETWORK)
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 10))
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.05)
+    features, labels = torch.from_numpy(x[:1200]), torch.from_numpy(y[:1200])
+    for _ in range(25):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(features), labels).backward()
+        optimiser.step()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    np.savez(tmp_path / "test.npz", x=x[1200:], y=y[1200:])
+    config = tmp_path / "bastion.toml"
+    config.write_text(
+        '[model]\npath = "net.pt"\nfactory = "evasion_net:build"\ninput_shape = [1, 8, 8]\n'
+        'clip_values = [0.0, 1.0]\n[data.test]\npath = "test.npz"\n'
+        "[threat_model.evasion]\neps = [0.03, 0.3]\npoints = 20\nsteps = 10\nbudget = 50\n"
+    )
+    result, outcome = _audit(config, tmp_path / "out")
+    assert outcome.status == "ran", outcome.error
+    metrics = outcome.result.metrics
+    assert metrics["attacks"] == ["apgd-ce", "apgd-t", "square"]
+    assert metrics["robust_accuracy"]["0.3"] < metrics["robust_accuracy"]["0.03"]
+    assert metrics["unbounded_check"]["robust_accuracy"] == 0.0
+    assert {f.rule_id for f in result.findings} == {"BST-EVA-001"}  # no masking warning
+    assert "--model-factory evasion_net:build" in metrics["recheck"]
+    assert str(tmp_path) not in __import__("sys").path  # the project folder is not left behind

@@ -75,10 +75,16 @@ def _clip(config: AuditConfig, x: np.ndarray) -> tuple[float, float]:
 def _classifier(config: AuditConfig, x: np.ndarray, clip: tuple[float, float]) -> Any:
     from bastion.models.resolve import resolve_model
 
-    if config.model.factory is not None and str(config.root) not in sys.path:
-        sys.path.insert(0, str(config.root))  # the factory's module lives beside bastion.toml
-    return resolve_model(config.model_paths()[0], config.model.factory, tuple(x.shape[1:]),
-                         clip_values=clip)
+    root = str(config.root)
+    added = config.model.factory is not None and root not in sys.path
+    if added:
+        sys.path.insert(0, root)  # the factory's module lives beside bastion.toml
+    try:
+        return resolve_model(config.model_paths()[0], config.model.factory,
+                             tuple(x.shape[1:]), clip_values=clip)
+    finally:
+        if added:
+            sys.path.remove(root)
 
 
 def _attacks(config: AuditConfig, evasion: Evasion, classifier: Any) -> str | list[str]:
