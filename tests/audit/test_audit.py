@@ -106,10 +106,11 @@ def test_json_report_and_scores(audited) -> None:
     assert set(scores) == {t.value for t in Threat}
     assert scores["supply-chain"]["score"] == 0 and scores["supply-chain"]["grade"] == "F"
     assert scores["documentation"] == {"score": 100, "grade": "A", "checks": ["documentation"]}
-    assert scores["adversarial-examples"]["score"] is None  # no evasion check installed here
+    assert scores["adversarial-examples"] == {"score": 85, "grade": "B", "checks": ["evasion"]}
     assert {n: c["status"] for n, c in metrics["checks"].items()} == {
         "bom": "ran", "deps": "not applicable",  # no OSV folder declared, and never online
-        "documentation": "ran", "scan": "ran", "serving": "ran", "signature": "ran"}
+        "documentation": "ran", "evasion": "ran", "scan": "ran", "serving": "ran",
+        "signature": "ran"}
     bom = metrics["checks"]["bom"]["metrics"]["bom"]
     assert bom == str(out / "checks" / "bom" / "bom.cdx.json")
     assert {"path": bom, "kind": "ml-bom", "format": "CycloneDX 1.6 JSON",

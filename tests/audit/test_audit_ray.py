@@ -40,8 +40,8 @@ def test_ray_audit_matches_the_process_audit(tmp_path: Path, example, local_ray)
     assert on_ray.backend == "ray (local)"
     assert sorted(map(_key, on_ray.findings)) == sorted(map(_key, in_processes.findings))
     assert {o.name: o.status for o in on_ray.outcomes} == {
-        "bom": "ran", "deps": "not applicable", "documentation": "ran", "scan": "ran",
-        "serving": "ran", "signature": "ran"}
+        "bom": "ran", "deps": "not applicable", "documentation": "ran", "evasion": "ran",
+        "scan": "ran", "serving": "ran", "signature": "ran"}
     assert (tmp_path / "ray" / "checks" / "bom" / "bom.cdx.json").is_file()  # the ML-BOM
     assert not on_ray.passed
     assert ray.is_initialized()  # joined the running instance, so left it running
