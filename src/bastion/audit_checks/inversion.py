@@ -14,10 +14,15 @@ import dataclasses
 import shlex
 from typing import Any
 
+from bastion.assess.privacy_rules import ATTRIBUTE_INFERENCE, CLASS_RECONSTRUCTION
 from bastion.audit_checks import Check, CheckContext, CheckResult, Plot
 from bastion.audit_checks._model import is_torch, labelled, load_target, model_file
 from bastion.config import AuditConfig, Inversion
 from bastion.findings import Finding, Severity, Threat
+
+# The rules this check reports, imported when the registry loads the check, so that they are
+# registered in the process that renders the report too (the check may run elsewhere).
+RULES = (ATTRIBUTE_INFERENCE, CLASS_RECONSTRUCTION)
 
 
 def _applies(config: AuditConfig) -> bool:

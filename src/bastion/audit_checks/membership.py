@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bastion.assess.privacy_rules import MEMBERSHIP_EXPOSURE
 from bastion.audit_checks import Check, CheckContext, CheckResult, Plot
 from bastion.audit_checks._model import (
     is_torch,
@@ -26,6 +27,10 @@ from bastion.audit_checks._model import (
 from bastion.config import AuditConfig, Membership
 from bastion.errors import InputError
 from bastion.findings import Finding, Severity, Threat
+
+# The rules this check reports, imported when the registry loads the check, so that they are
+# registered in the process that renders the report too (the check may run elsewhere).
+RULES = (MEMBERSHIP_EXPOSURE,)
 
 
 def _applies(config: AuditConfig) -> bool:

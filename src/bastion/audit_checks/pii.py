@@ -10,9 +10,13 @@ from pathlib import Path
 
 from bastion.audit_checks import Check, CheckContext, CheckResult
 from bastion.config import AuditConfig
+from bastion.data.pii.rules import RULES as PII_RULES
 from bastion.findings import Threat
 
 NOT_TEXT = (".npz", ".npy")
+# The rules this check reports, imported when the registry loads the check, so that they are
+# registered in the process that renders the report too (the check may run elsewhere).
+RULES = tuple(PII_RULES.values())
 
 
 def _scannable(path: Path) -> bool:
