@@ -150,6 +150,28 @@ def test_membership_is_quiet_on_a_model_that_generalises(tmp_path: Path,
     assert result.passed
 
 
+def test_membership_trains_references_with_the_declared_function(tmp_path: Path,
+                                                                  membership_data) -> None:
+    train, test = membership_data
+    model = LogisticRegression(C=0.05).fit(train.drop(columns="label").values, train["label"])
+    (tmp_path / "trainers.py").write_text(
+        "from sklearn.linear_model import LogisticRegression\n\n\n"
+        "def smooth(x, y, seed):\n    return LogisticRegression(C=0.05).fit(x, y)\n\n\n"
+        "def broken(x, y, seed):\n    raise RuntimeError('no GPU here')\n")
+    config = _project(tmp_path, model, train, test,
+                      '[threat_model.membership]\nattack = "lira-online"\nreferences = 2\n'
+                      'train_fn = "trainers:broken"\n')
+    _, outcome = _audit(config, "membership", tmp_path / "out")
+    assert outcome.status == "error"
+    assert outcome.error.startswith("reference model 0: the training function raised "
+                                    "RuntimeError: no GPU here")
+    config.write_text(config.read_text().replace("trainers:broken", "trainers:smooth"))
+    result, outcome = _audit(config, "membership", tmp_path / "out")
+    assert outcome.status == "ran", outcome.error
+    assert outcome.result.metrics["attacks"][0]["attack"] == "lira-online"
+    assert [f for f in result.findings if f.severity >= Severity.MEDIUM] == []
+
+
 def test_declared_limits_are_the_policys_high_rungs() -> None:
     strict = policy(parse_config({"threat_model": {"membership": {
         "max_auc": 0.58, "max_tpr_at_1pct_fpr": 0.03}}}, ".").threat_model.membership)
@@ -268,6 +290,10 @@ def test_miface_on_a_torch_model_from_its_factory(tmp_path: Path) -> None:
             'clip_values = [0.0, 1.0]\n[data.train]\npath = "train.csv"\nlabel = "label"\n'
             "[threat_model.inversion]\nreconstruct = true\nsteps = 100\n")
         result, outcome = _audit(tmp_path / "bastion.toml", "inversion", tmp_path / "out")
+        (tmp_path / "bastion.toml").write_text(
+            (tmp_path / "bastion.toml").read_text() + '[data.test]\npath = "train.csv"\n'
+            'label = "label"\n[threat_model.membership]\n')
+        _, membership = _audit(tmp_path / "bastion.toml", "membership", tmp_path / "out")
     finally:
         torch.set_num_threads(previous)
     assert outcome.status == "ran", outcome.error
@@ -277,3 +303,6 @@ def test_miface_on_a_torch_model_from_its_factory(tmp_path: Path) -> None:
     assert {f.rule_id for f in result.findings} == {"BST-PRIV-003"}
     (plot,) = outcome.result.plots
     assert plot.data[:4] == b"\x89PNG" and "MIFace" in plot.caption
+    assert membership.error == ("threat_model.membership.train_fn: reference models for a "
+                                "torch model need a training function (module:function taking "
+                                "x, y, seed and returning a trained model)")
