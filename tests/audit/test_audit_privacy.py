@@ -124,7 +124,9 @@ def test_membership_finds_an_overfit_model(tmp_path: Path, membership_data) -> N
     assert finding.rule_id == "BST-PRIV-001" and finding.severity is Severity.HIGH
     assert finding.location.path == str(tmp_path / "model.joblib")
     assert finding.references == ("ML04", "AML.T0024.000")
-    assert f"--data {tmp_path / 'train.csv'}" in finding.remediation
+    assert (f"`bastion assess membership --model {tmp_path / 'model.joblib'} --data "
+            f"{tmp_path / 'train.csv'} --nonmembers {tmp_path / 'test.csv'} --label label "
+            "--attack rmia --references 4`") in finding.remediation
     assert "`bastion audit --only membership`" in finding.remediation
     metrics = outcome.result.metrics
     assert metrics["references"] == 4 and metrics["attacks"][0]["attack"] == "rmia-offline"

@@ -83,9 +83,11 @@ def _recheck(finding: Finding, config: AuditConfig) -> Finding:
     text = finding.remediation
     for placeholder, path in files.items():
         text = text.replace(placeholder, shlex.quote(str(path)))
+    declared = config.threat_model.membership
     label = config.data.train.label
-    if label:
-        text = text.replace("--attack rmia`", f"--label {shlex.quote(label)} --attack rmia`")
+    attack = (f"--label {shlex.quote(label)} " if label else "") + (
+        f"--attack {declared.attack} --references {declared.references}")
+    text = text.replace("--attack rmia", attack)
     return dataclasses.replace(
         finding, remediation=f"{text} Within the audit: `bastion audit --only membership`.")
 
