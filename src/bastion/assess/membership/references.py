@@ -26,6 +26,8 @@ MapFn = Callable[[Callable[[Any], Any], list], list]
 # A reference model should learn from a training set about the target's size; below this
 # many records per reference model its scores say nothing about the target.
 MIN_RECORDS_PER_REFERENCE = 10
+# What to change when there are too few records, in `bastion assess membership`'s words.
+CLI_HINT = "give more --population data or ask for fewer --references"
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,6 @@ def balanced_membership(n_references: int, n_records: int, rng: np.random.Genera
     """A (references, records) mask with exactly half of the references IN for each record."""
     ranks = rng.random((n_references, n_records)).argsort(axis=0)
     return ranks < n_references // 2
-
-
-CLI_HINT = "give more --population data or ask for fewer --references"
 
 
 def check_reference_budget(
