@@ -139,10 +139,50 @@ class Evasion(_Section):
         return self
 
 
+MembershipAttack = Literal["loss", "shadow", "lira", "lira-offline", "lira-online", "rmia",
+                           "rmia-offline", "rmia-online"]
+# Offline RMIA calibrates its `a` by letting one reference model play the target against the
+# others; online attacks need reference models that trained on each record (half of them).
+_MIN_REFERENCES = {"rmia": 4, "rmia-offline": 4, "rmia-online": 2, "lira-online": 2}
+
+
 class Membership(_Section):
-    shadow_models: PositiveInt = 4
-    queries: PositiveInt | None = None
-    max_advantage: Fraction = 0.1
+    """The membership-inference attacker: the attack, its compute (reference models) and its
+    queries; and the leak at which the finding is high, on the two measures the membership
+    policy grades by (`bastion.assess.membership.MembershipPolicy`)."""
+
+    attack: MembershipAttack = "rmia"
+    references: PositiveInt = 4
+    query_budget: PositiveInt | None = None
+    train_fn: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    max_auc: Annotated[float, Field(gt=0.5, le=1.0)] = 0.75
+    max_tpr_at_1pct_fpr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
+
+    @model_validator(mode="after")
+    def _enough_references(self) -> Membership:
+        needed = _MIN_REFERENCES.get(self.attack, 1)
+        if self.references < needed:
+            raise ValueError(f"attack {self.attack!r} needs at least {needed} reference models "
+                             f"(references = {self.references})")
+        return self
+
+
+class Inversion(_Section):
+    """What an attacker reconstructs from the model: a sensitive column of the training data
+    (attribute inference) and/or what each class looks like (MIFace, torch models)."""
+
+    sensitive: str | None = None
+    reconstruct: bool = False
+    steps: PositiveInt = 300
+    max_advantage: Fraction = 0.15
+    max_identified: Fraction = 0.9
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Inversion:
+        if self.sensitive is None and not self.reconstruct:
+            raise ValueError("name a sensitive column (sensitive = \"COLUMN\") or set "
+                             "reconstruct = true, or leave the section out")
+        return self
 
 
 class Extraction(_Section):
@@ -153,6 +193,7 @@ class Extraction(_Section):
 class ThreatModel(_Section):
     evasion: Evasion | None = None
     membership: Membership | None = None
+    inversion: Inversion | None = None
     extraction: Extraction | None = None
 
 

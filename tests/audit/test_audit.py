@@ -107,10 +107,18 @@ def test_json_report_and_scores(audited) -> None:
     assert scores["supply-chain"]["score"] == 0 and scores["supply-chain"]["grade"] == "F"
     assert scores["documentation"] == {"score": 100, "grade": "A", "checks": ["documentation"]}
     assert scores["adversarial-examples"] == {"score": 85, "grade": "B", "checks": ["evasion"]}
+    # Offline RMIA tells members from test records only at noise level (a low finding), and
+    # the digits hold no personal data; nobody declared a sensitive column or MIFace.
+    assert scores["privacy"] == {"score": 96, "grade": "A", "checks": ["membership", "pii"]}
+    assert scores["model-inversion"]["score"] is None
     assert {n: c["status"] for n, c in metrics["checks"].items()} == {
         "bom": "ran", "deps": "not applicable",  # no OSV folder declared, and never online
-        "documentation": "ran", "evasion": "ran", "scan": "ran", "serving": "ran",
-        "signature": "ran"}
+        "documentation": "ran", "evasion": "ran", "inversion": "not applicable",
+        "membership": "ran", "pii": "ran", "scan": "ran", "serving": "ran", "signature": "ran"}
+    membership = metrics["checks"]["membership"]["metrics"]
+    assert (membership["members"], membership["nonmembers"], membership["references"]) == (
+        1437, 360, 4)
+    assert membership["attacks"][0]["auc"] < 0.6
     bom = metrics["checks"]["bom"]["metrics"]["bom"]
     assert bom == str(out / "checks" / "bom" / "bom.cdx.json")
     assert {"path": bom, "kind": "ml-bom", "format": "CycloneDX 1.6 JSON",
@@ -183,7 +191,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     assert required == {"signature": "skipped", "fuzzing": "no such check is installed"}
     statuses = {n: c["status"] for n, c in document["metrics"]["checks"].items()}
     assert statuses == {"bom": "skipped", "deps": "skipped", "documentation": "ran",
-                        "evasion": "skipped", "scan": "ran", "serving": "skipped",
+                        "evasion": "skipped", "inversion": "skipped", "membership": "skipped",
+                        "pii": "skipped", "scan": "ran", "serving": "skipped",
                         "signature": "skipped"}
     skipped = audit_cli("--config", str(config), "--out", str(small / "s"), "--skip", "signature",
                         "--skip", "scan", "--format", "md")
@@ -195,7 +204,7 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     ("args", "message"),
     [
         (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, deps, documentation, "
-         "evasion, scan, serving, signature)"),
+         "evasion, inversion, membership, pii, scan, serving, signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),
     ],

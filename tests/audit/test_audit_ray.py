@@ -41,7 +41,13 @@ def test_ray_audit_matches_the_process_audit(tmp_path: Path, example, local_ray)
     assert sorted(map(_key, on_ray.findings)) == sorted(map(_key, in_processes.findings))
     assert {o.name: o.status for o in on_ray.outcomes} == {
         "bom": "ran", "deps": "not applicable", "documentation": "ran", "evasion": "ran",
-        "scan": "ran", "serving": "ran", "signature": "ran"}
+        "inversion": "not applicable", "membership": "ran", "pii": "ran", "scan": "ran",
+        "serving": "ran", "signature": "ran"}
+    # The membership check's reference models trained as Ray tasks (ctx.map) and came out
+    # the same as in a worker process: the same seeds, the same finding.
+    assert on_ray.outcome("membership").result.metrics == \
+        in_processes.outcome("membership").result.metrics | {
+            "plot": str(tmp_path / "ray" / "checks" / "membership" / "membership-roc.png")}
     assert (tmp_path / "ray" / "checks" / "bom" / "bom.cdx.json").is_file()  # the ML-BOM
     assert not on_ray.passed
     assert ray.is_initialized()  # joined the running instance, so left it running

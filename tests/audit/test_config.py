@@ -105,8 +105,15 @@ def test_defaults_are_the_secure_gateway_defaults(tmp_path: Path) -> None:
          "every epsilon must be a positive number"),
         ({"threat_model": {"evasion": {"eps": 1, "attacks": ["deepfool"]}}},
          "bastion.toml: threat_model.evasion.attacks[0]: Input should be 'fgsm'"),
-        ({"threat_model": {"membership": {"max_advantage": 2}}},
-         "bastion.toml: threat_model.membership.max_advantage: Input should be less than or "
+        ({"threat_model": {"membership": {"max_auc": 0.5}}},
+         "bastion.toml: threat_model.membership.max_auc: Input should be greater than 0.5"),
+        ({"threat_model": {"membership": {"attack": "lira-online", "references": 1}}},
+         "bastion.toml: threat_model.membership: attack 'lira-online' needs at least 2 "
+         "reference models (references = 1)"),
+        ({"threat_model": {"membership": {"shadow_models": 4}}},
+         "bastion.toml: unknown key 'threat_model.membership.shadow_models'"),
+        ({"threat_model": {"inversion": {"sensitive": "age", "max_advantage": 2}}},
+         "bastion.toml: threat_model.inversion.max_advantage: Input should be less than or "
          "equal to 1"),
         ({"version": 2}, "bastion.toml: version: Input should be 1"),
     ],

@@ -96,11 +96,15 @@ def load_target(path: str, factory: str | None) -> Any:
             f"{path} holds {type(loaded).__name__}, not a model with predict_proba; for "
             "torch weights give --model-factory module:function that builds the network"
         )
+    return fill_module(import_callable(factory, "--model-factory")(), loaded, path)
+
+
+def fill_module(module: Any, loaded: Any, path: str) -> Any:
+    """The torch `module` with the weights `loaded` from `path` (a state_dict), in eval mode."""
     import torch
 
-    module = import_callable(factory, "--model-factory")()
     if not isinstance(loaded, dict):
-        raise InputError(f"{path}: expected a state_dict of tensors for --model-factory")
+        raise InputError(f"{path}: expected a state_dict of tensors for the model factory")
     state = {k: torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v
              for k, v in loaded.items()}  # fmt: skip
     try:

@@ -29,6 +29,7 @@ from bastion.assess.membership.metrics import RocSummary, summarise
 from bastion.assess.membership.plot import plot_roc
 from bastion.assess.membership.references import (
     CloneAndFit,
+    MapFn,
     ReferenceOutputs,
     TrainFn,
     train_references,
@@ -135,6 +136,7 @@ def assess_membership(
     train_fn: TrainFn | None = None,
     n_jobs: int | None = None,
     ray_address: str | None = None,
+    map_fn: MapFn | None = None,
     seed: int = 0,
     gamma: float = 2.0,
     top: int = 10,
@@ -146,7 +148,9 @@ def assess_membership(
 
     `attacks` names any of ATTACKS; "lira" and "rmia" run online or offline by `online`,
     or name the variant ("lira-offline", "rmia-online"). Reference models come from
-    `train_fn(x, y, seed)`, by default a clone of a scikit-learn `target` refitted.
+    `train_fn(x, y, seed)`, by default a clone of a scikit-learn `target` refitted; they
+    train through `map_fn(func, jobs)` when given (an audit check's `ctx.map`), else on
+    `ray_address`, else in `n_jobs` processes.
     """
     names = _attack_names(attacks, online)
     x_pool, y_pool, n_members, n_nonmembers = _pool(
@@ -163,7 +167,7 @@ def assess_membership(
         fn = train_fn if train_fn is not None else _default_train_fn(target, classifier)
         refs = train_references(
             fn, x_pool, y_pool, classifier.n_classes, references, rng,
-            n_jobs=n_jobs, ray_address=ray_address,
+            n_jobs=n_jobs, ray_address=ray_address, map_fn=map_fn,
         )  # fmt: skip
     population = np.arange(n_audited, len(x_pool)) if len(x_pool) > n_audited else None
     results = []

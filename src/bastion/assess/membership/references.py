@@ -19,10 +19,15 @@ from bastion.errors import InputError, UsageError
 from bastion.models.classifier import as_classifier
 
 TrainFn = Callable[[np.ndarray, np.ndarray, int], Any]
+# `map(func, items) -> list`: runs the reference trainings somewhere else (an audit's
+# `CheckContext.map`, which fans them out as Ray tasks under `bastion audit --ray`).
+MapFn = Callable[[Callable[[Any], Any], list], list]
 
 # A reference model should learn from a training set about the target's size; below this
 # many records per reference model its scores say nothing about the target.
 MIN_RECORDS_PER_REFERENCE = 10
+# What to change when there are too few records, in `bastion assess membership`'s words.
+CLI_HINT = "give more --population data or ask for fewer --references"
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,18 @@ def balanced_membership(n_references: int, n_records: int, rng: np.random.Genera
     return ranks < n_references // 2
 
 
-def check_reference_budget(n_references: int, y: np.ndarray, n_classes: int) -> None:
-    """Refuse a reference count that the records cannot support, in the user's terms."""
+def check_reference_budget(
+    n_references: int, y: np.ndarray, n_classes: int, hint: str = CLI_HINT
+) -> None:
+    """Refuse a reference count that the records cannot support, in the user's terms
+    (`hint`: what to change, in the words of the command or file the user wrote)."""
     n_records = len(y)
     needed = max(2 * MIN_RECORDS_PER_REFERENCE, 2 * n_references)
     if n_records < needed:
         raise InputError(
             f"too few records for {n_references} reference models: each trains on half of "
             f"the {n_records} records, and {needed} are needed (at least "
-            f"{MIN_RECORDS_PER_REFERENCE} per training set and two per reference model); "
-            "give more --population data or ask for fewer --references"
+            f"{MIN_RECORDS_PER_REFERENCE} per training set and two per reference model); {hint}"
         )
     counts = np.bincount(y, minlength=n_classes)
     if counts.min() < 2:
@@ -124,6 +131,19 @@ def train_one(
     return "ok", probs
 
 
+@dataclass(frozen=True)
+class _TrainJob:
+    """`train_one` for one (x_train, y_train, seed) job; picklable, for any `MapFn`."""
+
+    train_fn: TrainFn
+    x_eval: np.ndarray
+    n_classes: int
+
+    def __call__(self, job: tuple[np.ndarray, np.ndarray, int]) -> tuple[str, Any]:
+        x_train, y_train, seed = job
+        return train_one(self.train_fn, x_train, y_train, seed, self.x_eval, self.n_classes)
+
+
 def train_references(
     train_fn: TrainFn,
     x: np.ndarray,
@@ -134,15 +154,20 @@ def train_references(
     *,
     n_jobs: int | None = None,
     ray_address: str | None = None,
+    map_fn: MapFn | None = None,
 ) -> ReferenceOutputs:
-    """Train `n_references` models on balanced halves of (x, y) and score all of x."""
+    """Train `n_references` models on balanced halves of (x, y) and score all of x: with
+    `map_fn` when given, else on the Ray cluster at `ray_address`, else in `n_jobs`
+    processes."""
     if n_references < 1:
         raise UsageError("the number of reference models must be at least 1")
     check_reference_budget(n_references, y, n_classes)
     in_mask = balanced_membership(n_references, len(x), rng)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=n_references)]
     jobs = [(x[mask], y[mask], seed) for mask, seed in zip(in_mask, seeds, strict=True)]
-    if ray_address is not None:
+    if map_fn is not None:
+        results = map_fn(_TrainJob(train_fn, x, n_classes), jobs)
+    elif ray_address is not None:
         results = _run_on_ray(ray_address, train_fn, jobs, x, n_classes)
     else:
         results = _run_locally(n_jobs, train_fn, jobs, x, n_classes)

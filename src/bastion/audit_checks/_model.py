@@ -1,0 +1,72 @@
+"""The model under audit and its labelled data, loaded the same way for every check that
+queries the model (a helper module, not a check).
+
+The model is `[model] path` (the first file when several are listed), loaded through
+`bastion.models.load`: scanned first and refused at high, like every load. A torch
+`state_dict` or safetensors file is filled into the network `[model] factory` builds; the
+factory's module (and a membership `train_fn`'s) is imported with the project folder on the
+import path, so a module beside bastion.toml is found.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bastion.config import AuditConfig, DataSet
+from bastion.data import Dataset, load_dataset
+from bastion.errors import InputError
+
+
+def model_file(config: AuditConfig) -> Path:
+    return config.model_paths()[0]
+
+
+def project_callable(config: AuditConfig, spec: str, key: str) -> Any:
+    """`module:function` from the configuration, importable from the project folder."""
+    from bastion.cli.privacy import import_callable
+
+    root = str(config.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return import_callable(spec, key)
+
+
+def load_target(config: AuditConfig) -> Any:
+    """A fitted estimator, or the factory's torch module filled with the weights."""
+    from bastion.cli.privacy import fill_module
+    from bastion.models import load
+
+    path = model_file(config)
+    loaded = load(path)
+    factory = config.model.factory
+    if factory is not None:
+        return fill_module(project_callable(config, factory, "model.factory")(), loaded,
+                           str(path))
+    if hasattr(loaded, "predict_proba"):
+        return loaded
+    raise InputError(f"{path} holds {type(loaded).__name__}, not a model with predict_proba; "
+                     "for torch weights name the network in [model] factory = "
+                     "\"module:function\"")
+
+
+def is_torch(model: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def labelled(config: AuditConfig, which: str, model: Any) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """`[data.<which>]` with its labels as the model's class indices; features as float32
+    for a torch model."""
+    from bastion.cli.privacy import model_labels
+
+    declared: DataSet = getattr(config.data, which)
+    data = load_dataset(config.resolve(declared.path), label=declared.label)
+    if data.y is None:
+        raise InputError(f"{data.source}: [data.{which}] needs labels (name the column with "
+                         "label = \"COLUMN\")")
+    x = data.x.astype(np.float32) if is_torch(model) else data.x
+    return data, x, model_labels(model, data)
