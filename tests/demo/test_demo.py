@@ -37,7 +37,9 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
     assert blocking == set(PLANTED)
     signature = after["metrics"]["checks"]["signature"]["metrics"]["models"]
     assert signature[str(workdir / "models" / "digits.joblib")]["verified"] is True
-    assert max(f["severity"] for f in after["findings"]) == "low"
+    # The fixes do not make the model robust to adversarial examples: that finding stays medium.
+    remaining = {f["rule_id"] for f in after["findings"] if f["severity"] not in ("info", "low")}
+    assert remaining == {"BST-EVA-001"}
     assert not (workdir / "PAYLOAD_RAN").exists()
 
 
