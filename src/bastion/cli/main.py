@@ -7,6 +7,7 @@ import typer
 from bastion.cli.demo import demo_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.scan import scan_command
+from bastion.cli.serve import api_keys_app, serve_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
 app = typer.Typer(
@@ -22,6 +23,8 @@ app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.command("serve")(serve_command)
+app.add_typer(api_keys_app, name="api-keys")
 
 
 def main() -> None:

@@ -1,0 +1,61 @@
+"""Assemble a gateway from command-line choices: the backend (a model file loaded safely,
+or an upstream server), the key ring, the store and the policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from bastion.errors import UsageError
+from bastion.serve.app import GatewayConfig, create_app
+from bastion.serve.auth import KeyRing
+from bastion.serve.backend import Backend, LocalBackend, UpstreamBackend, local_schema
+from bastion.serve.harden import parse_policy
+from bastion.serve.limits import Limits
+from bastion.serve.monitor import ACTIONS, MonitorConfig
+from bastion.serve.store import open_store
+
+
+def load_backend(
+    model: str | None, upstream: str | None, upstream_model: str | None, name: str | None,
+    input_shape: tuple[int, ...] | None, input_range: tuple[float, float] | None,
+    verify_key: str | None,
+) -> Backend:
+    if upstream is not None:
+        if not upstream_model:
+            raise UsageError("--upstream needs --upstream-model NAME")
+        backend = UpstreamBackend.connect(upstream, upstream_model, input_range, timeout_s=10.0)
+        if name:
+            raise UsageError("--name renames local models only; the upstream name is kept")
+        return backend
+    from bastion.models import load
+    from bastion.models.classifier import as_classifier
+
+    classifier = as_classifier(load(model, verify_key=verify_key))
+    return LocalBackend(name or Path(model).stem, classifier,
+                        local_schema(classifier, input_shape, input_range))
+
+
+def build_app(
+    *, model: str | None, upstream: str | None, upstream_model: str | None, name: str | None,
+    keys: str, store: str, policies: list[str], monitor: str,
+    input_shape: tuple[int, ...] | None, input_range: tuple[float, float] | None,
+    max_body: int, max_batch: int, client_rate: float, client_burst: int,
+    cors_origins: list[str], audit: str | None, ledger: str | None, verify_key: str | None,
+) -> FastAPI:
+    if monitor != "off" and monitor not in ACTIONS:
+        raise UsageError(f"--monitor {monitor!r}: expected log, throttle, block or off")
+    if max_body < 1 or max_batch < 1 or client_rate <= 0 or client_burst < 1:
+        raise UsageError("--max-body, --max-batch, --client-rate, --client-burst must be positive")
+    ring = KeyRing(keys)
+    config = GatewayConfig(
+        limits=Limits(max_body_bytes=max_body, max_batch=max_batch),
+        policies=tuple(parse_policy(p) for p in policies),
+        monitor=None if monitor == "off" else MonitorConfig(action=monitor),
+        client_rate=client_rate, client_burst=client_burst,
+        cors_origins=tuple(cors_origins), audit_path=audit, ledger=ledger,
+    )
+    backend = load_backend(model, upstream, upstream_model, name, input_shape, input_range,
+                           verify_key)
+    return create_app(backend, ring, open_store(store), config)

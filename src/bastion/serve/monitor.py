@@ -1,0 +1,172 @@
+"""Query monitor against model extraction, per API key.
+
+PRADA (Juuti et al. 2019): natural queries from one client are spread so that the minimum
+distance from each new query to the client's earlier queries (of the same predicted class)
+is roughly normally distributed; an extraction attack's synthetic queries (small steps away
+from earlier ones, as in Jacobian augmentation) are not. A Shapiro-Wilk test on those
+distances flags the key when W drops below a threshold. Two further signals catch attacks
+that sample from a natural pool: coverage (the share of each feature's range, in ten bins,
+that the key's queries have visited) and the mean normalised entropy of the model's answers
+(copiers probe the decision boundaries, where the model is unsure).
+
+Every record (query, predicted class, its minimum distance, entropy) goes through the store,
+so replicas sharing Redis judge the same history.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from bastion.serve.limits import InputSchema
+from bastion.serve.store import Store
+
+_HEADER = struct.Struct("<ifff")  # predicted class, min distance, entropy, padding
+_BINS = 10
+ACTIONS = ("log", "throttle", "block")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    action: str = "block"
+    keep: int = 1000  # queries remembered per key
+    min_queries: int = 50  # no verdict before this many distances
+    window: int = 300  # distances tested
+    test_every: int = 10
+    shapiro_w: float = 0.90  # alert below (PRADA's delta)
+    coverage: float = 0.95  # alert above
+    entropy: float = 0.60  # alert above (mean normalised entropy)
+
+
+@dataclass
+class Verdict:
+    queries: int
+    shapiro_w: float | None = None
+    coverage: float | None = None
+    entropy: float | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def alert(self) -> bool:
+        return bool(self.reasons)
+
+    def evidence(self) -> dict[str, object]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {"queries": self.queries, "shapiro_w": r(self.shapiro_w),
+                "coverage": r(self.coverage), "entropy": r(self.entropy),
+                "reasons": self.reasons}
+
+
+class _KeyHistory:
+    """This replica's copy of one key's records, synced incrementally from the store."""
+
+    def __init__(self, keep: int, dim: int) -> None:
+        self.seen = 0
+        self.vectors = np.zeros((keep, dim), dtype=np.float32)
+        self.classes = np.full(keep, -1, dtype=np.int32)
+        self.distances: deque[float] = deque(maxlen=keep)
+        self.entropies: deque[float] = deque(maxlen=keep)
+        self.bins = np.zeros((dim, _BINS), dtype=bool)
+        self.count = 0  # rows filled in the ring
+        self.next = 0
+
+    def add(self, vector: np.ndarray, label: int, distance: float, entropy: float) -> None:
+        self.vectors[self.next] = vector
+        self.classes[self.next] = label
+        self.next = (self.next + 1) % len(self.vectors)
+        self.count = min(self.count + 1, len(self.vectors))
+        if not math.isnan(distance):
+            self.distances.append(distance)
+        self.entropies.append(entropy)
+        cells = np.clip((vector * _BINS).astype(np.int64), 0, _BINS - 1)
+        self.bins[np.arange(len(cells)), cells] = True
+
+    def min_distance(self, vector: np.ndarray, label: int) -> float:
+        same = self.classes[: self.count] == label
+        if not same.any():
+            return math.nan
+        diff = self.vectors[: self.count][same] - vector
+        return float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig, schema: InputSchema, store: Store) -> None:
+        if config.action not in ACTIONS:
+            raise ValueError(f"monitor action must be one of {ACTIONS}")
+        self.config = config
+        self.store = store
+        self.dim = int(np.prod(schema.shape))
+        low = schema.low if schema.low is not None else 0.0
+        high = schema.high if schema.high is not None else 1.0
+        self._low, self._span = low, (high - low) or 1.0
+        self._keys: dict[str, _KeyHistory] = {}
+        self._record = struct.Struct(f"<ifff{self.dim}f")
+
+    def _normalise(self, rows: np.ndarray) -> np.ndarray:
+        return ((rows.reshape(len(rows), -1) - self._low) / self._span).astype(np.float32)
+
+    async def observe(self, key_id: str, rows: np.ndarray, probabilities: np.ndarray) -> Verdict:
+        """Record a batch of queries for `key_id` and judge the key's history."""
+        history = self._keys.get(key_id)
+        if history is None:
+            history = self._keys[key_id] = _KeyHistory(self.config.keep, self.dim)
+        vectors = self._normalise(rows)
+        labels = probabilities.argmax(axis=1)
+        entropies = _normalised_entropy(probabilities)
+        tested = False
+        for vector, label, entropy in zip(vectors, labels, entropies):
+            distance = history.min_distance(vector, int(label))
+            record = self._record.pack(int(label), distance, float(entropy), 0.0, *vector)
+            total, missed = await self.store.remember(
+                key_id, record, self.config.keep, history.seen
+            )
+            for raw in missed:
+                self._add(history, raw)
+            history.add(vector, int(label), distance, float(entropy))
+            history.seen = total
+            tested = tested or total % self.config.test_every == 0
+        return self._judge(history, tested)
+
+    def _add(self, history: _KeyHistory, raw: bytes) -> None:
+        label, distance, entropy, _, *vector = self._record.unpack(raw)
+        history.add(np.asarray(vector, dtype=np.float32), label, distance, entropy)
+
+    def _judge(self, history: _KeyHistory, tested: bool) -> Verdict:
+        cfg = self.config
+        verdict = Verdict(queries=history.seen)
+        if not tested or len(history.distances) < cfg.min_queries:
+            return verdict
+        distances = np.fromiter(history.distances, dtype=np.float64)[-cfg.window :]
+        verdict.shapiro_w = _shapiro(distances)
+        verdict.coverage = float(history.bins.mean())
+        verdict.entropy = float(np.mean(list(history.entropies)[-cfg.window :]))
+        if verdict.shapiro_w is not None and verdict.shapiro_w < cfg.shapiro_w:
+            verdict.reasons.append(f"min-distance distribution not normal (W={verdict.shapiro_w:.3f})")
+        if verdict.coverage > cfg.coverage:
+            verdict.reasons.append(f"queries cover {verdict.coverage:.0%} of the input range")
+        if verdict.entropy > cfg.entropy:
+            verdict.reasons.append(f"answers are uncertain on average (entropy {verdict.entropy:.2f})")
+        return verdict
+
+
+def _shapiro(distances: np.ndarray) -> float | None:
+    """W on the distances without outliers beyond 3 standard deviations (as PRADA does).
+    Identical distances (one query repeated) are as far from normal as it gets: W = 0."""
+    mean, std = distances.mean(), distances.std()
+    kept = distances[np.abs(distances - mean) <= 3 * std] if std > 0 else distances
+    if len(kept) < 3 or np.ptp(kept) == 0:
+        return 0.0 if len(kept) >= 3 else None
+    return float(stats.shapiro(kept).statistic)
+
+
+def _normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
+    p = np.clip(probabilities, 1e-12, 1.0)
+    k = probabilities.shape[1]
+    return -(p * np.log(p)).sum(axis=1) / (math.log(k) if k > 1 else 1.0)
