@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli.demo import demo_command
+from bastion.cli.extraction import extraction_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.scan import scan_command
 from bastion.cli.serve import api_keys_app, serve_command
@@ -25,6 +26,11 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.command("serve")(serve_command)
 app.add_typer(api_keys_app, name="api-keys")
+# Temporary `assess` group until the shared one (cli/assess.py) lands; then register
+# extraction_command there as "extraction".
+assess_app = typer.Typer(help="Red-team assessments.", no_args_is_help=True)
+assess_app.command("extraction")(extraction_command)
+app.add_typer(assess_app, name="assess")
 
 
 def main() -> None:

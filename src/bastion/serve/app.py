@@ -282,6 +282,7 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
                   {"name": "probabilities", "datatype": "FP64", "shape": [-1, backend.n_classes]})
         return JSONResponse({
             "name": backend.name, "versions": [], "platform": backend.platform,
+            "parameters": {"n_classes": backend.n_classes},
             "inputs": [{"name": "input-0", "datatype": schema.datatype,
                         "shape": [-1, *schema.shape],
                         "parameters": {"range": [schema.low, schema.high]}}],

@@ -128,17 +128,23 @@ class KeyRing:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._stamp: tuple[int, int] | None = None
-        self._keys: dict[str, ApiKey] = {}
+        self._keys: dict[str, ApiKey] = KeyFile.load(self.path).keys  # errors at start
         self._refresh()
 
     def _refresh(self) -> None:
+        """Re-read the file when it changed; fail closed (no keys) when it vanished or
+        stopped parsing, rather than keep honouring keys that may have been revoked."""
         try:
             st = os.stat(self.path)
         except OSError:
-            raise InputError(f"{self.path}: no such API key file") from None
+            self._keys, self._stamp = {}, None
+            return
         stamp = (st.st_mtime_ns, st.st_ino)
         if stamp != self._stamp:
-            self._keys = KeyFile.load(self.path).keys
+            try:
+                self._keys = KeyFile.load(self.path).keys
+            except InputError:
+                self._keys = {}
             self._stamp = stamp
 
     def authenticate(self, token: str | None, scope: str) -> ApiKey:

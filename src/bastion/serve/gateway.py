@@ -49,6 +49,10 @@ def build_app(
     if max_body < 1 or max_batch < 1 or client_rate <= 0 or client_burst < 1:
         raise UsageError("--max-body, --max-batch, --client-rate, --client-burst must be positive")
     ring = KeyRing(keys)
+    if ledger is not None:
+        from bastion.govern.ledger import Ledger
+
+        Ledger.open(ledger).close()  # fail now, not at the first flush
     config = GatewayConfig(
         limits=Limits(max_body_bytes=max_body, max_batch=max_batch),
         policies=tuple(parse_policy(p) for p in policies),

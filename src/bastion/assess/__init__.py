@@ -1,0 +1,1 @@
+"""Red-team simulations: measure how far an attack gets against a model."""
