@@ -158,3 +158,12 @@ def serve_app():
     """serve_app(app, **ssl) -> base URL of any ASGI app on loopback."""
     with contextlib.ExitStack() as stack:
         yield lambda app, **ssl: stack.enter_context(running(app, **ssl))
+
+
+@pytest.fixture
+def gateway_app(digits: Digits, keyfile: KeyFile):
+    """gateway_app(store=None, **GatewayConfig fields) -> the ASGI app, not yet served."""
+    return lambda store=None, **config: create_app(
+        digits_backend(digits), KeyRing(keyfile.path), store or MemoryStore(),
+        GatewayConfig(**config),
+    )

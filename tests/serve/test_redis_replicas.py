@@ -56,10 +56,11 @@ def test_a_block_on_one_replica_holds_on_the_other(redis_url, start_gateway, mak
     row = {"inputs": digits.x_test[:1].tolist()}
     # The same query over and over, alternating replicas: a degenerate distance
     # distribution, judged on the history both replicas share.
-    codes = [httpx.post(url + "/predict", json=row, headers=headers).status_code
-             for url, _ in zip(itertools.cycle([first, second]), range(30))]
-    blocked_at = codes.index(403)
-    assert 16 <= blocked_at < 30
-    assert set(codes[blocked_at:]) == {403}
-    assert httpx.post(first + "/predict", json=row, headers=headers).status_code == 403
-    assert httpx.post(second + "/predict", json=row, headers=headers).status_code == 403
+    with httpx.Client(headers=headers) as client:
+        codes = [client.post(url + "/predict", json=row).status_code
+                 for url, _ in zip(itertools.cycle([first, second]), range(30))]
+        blocked_at = codes.index(403)
+        assert 16 <= blocked_at < 30
+        assert set(codes[blocked_at:]) == {403}
+        assert client.post(first + "/predict", json=row).status_code == 403
+        assert client.post(second + "/predict", json=row).status_code == 403

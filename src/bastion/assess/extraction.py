@@ -235,7 +235,8 @@ def attack(
                 score(oracle.used)
     except _refusal_types() as refused:
         # A remote target counts rows itself, including those of a half-answered request.
-        run.stopped_at = getattr(target, "answered", answered_before + oracle.used) - answered_before
+        answered = getattr(target, "answered", answered_before + oracle.used)
+        run.stopped_at = answered - answered_before
         run.stop_reason = str(refused)
         if xs:
             score(oracle.used)

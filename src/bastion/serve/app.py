@@ -185,7 +185,7 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
 
     async def guarded_inference(
         request: Request, route: str, extract: Callable[[Any], np.ndarray],
-        respond: Callable[[np.ndarray], dict[str, Any]],
+        respond: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
     ) -> Response:
         started = time.perf_counter()
         key = await authorise(request, route, "infer")
@@ -201,7 +201,8 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
         if not await store.spend(f"{key.id}:{int(time.time() // DAY_S)}", key.daily_budget,
                                  DAY_S + 3600):
             return answer(route, "limited", 429, "daily query budget spent for this key",
-                          client=client, key=key.id, retry_after=_seconds(DAY_S - time.time() % DAY_S))
+                          client=client, key=key.id,
+                          retry_after=_seconds(DAY_S - time.time() % DAY_S))
         try:
             probabilities = await backend.predict(batch)
         except BackendError as exc:
@@ -211,11 +212,12 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
             if verdict.alert:
                 await _on_alert(key, client, route, verdict)
         hardened = harden.apply(config.policies, probabilities)
+        labels = probabilities.argmax(axis=1)  # the model's answer, whatever the policy
         metrics.requests.labels(route, "allowed").inc()
         metrics.rows.inc(len(batch))
         audit.write("allowed", route=route, status=200, client=client, key=key.id, rows=len(batch))
         metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return JSONResponse(respond(hardened))
+        return JSONResponse(respond(labels, hardened))
 
     async def _on_alert(key: ApiKey, client: str, route: str, verdict: Any) -> None:
         action = config.monitor.action
@@ -232,11 +234,10 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
             raise Refused(422, 'expected {"inputs": [[...], ...]}')
         return to_batch(document["inputs"], backend.schema, config.limits)
 
-    def plain_respond(hardened: np.ndarray) -> dict[str, Any]:
-        labels = hardened.argmax(axis=1).tolist()
+    def plain_respond(labels: np.ndarray, hardened: np.ndarray) -> dict[str, Any]:
         if label_only:
-            return {"predictions": labels}
-        return {"predictions": labels, "probabilities": hardened.tolist()}
+            return {"predictions": labels.tolist()}
+        return {"predictions": labels.tolist(), "probabilities": hardened.tolist()}
 
     def v2_extract(name: str, document: Any) -> np.ndarray:
         if name != backend.name:
@@ -249,10 +250,10 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
             raise Refused(422, "datatype must be FP32, FP64, INT32 or INT64")
         return to_batch(tensor.get("data"), backend.schema, config.limits, tensor.get("shape"))
 
-    def v2_respond(hardened: np.ndarray) -> dict[str, Any]:
+    def v2_respond(labels: np.ndarray, hardened: np.ndarray) -> dict[str, Any]:
         if label_only:
-            output = {"name": "label", "shape": [len(hardened)], "datatype": "INT64",
-                      "data": hardened.argmax(axis=1).tolist()}
+            output = {"name": "label", "shape": [len(labels)], "datatype": "INT64",
+                      "data": labels.tolist()}
         else:
             output = {"name": "probabilities", "shape": list(hardened.shape),
                       "datatype": "FP64", "data": hardened.reshape(-1).tolist()}

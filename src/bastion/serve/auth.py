@@ -61,7 +61,9 @@ class KeyFile:
         if not target.exists():
             if create:
                 return cls(target)
-            raise InputError(f"{target}: no such API key file (create one: bastion api-keys create)")
+            raise InputError(
+                f"{target}: no such API key file (create one: bastion api-keys create)"
+            )
         try:
             data = json.loads(target.read_text(encoding="utf-8"))
             if data.get("version") != FORMAT_VERSION:

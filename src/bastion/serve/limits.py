@@ -118,9 +118,8 @@ def to_batch(data: object, schema: InputSchema, limits: Limits, shape: object = 
     elif array.shape == schema.shape:
         array = array[None, ...]
     if array.shape[1:] != schema.shape:
-        raise Refused(
-            422, f"input rows have shape {list(array.shape[1:])}, model expects {list(schema.shape)}"
-        )
+        raise Refused(422, f"input rows have shape {list(array.shape[1:])}, "
+                           f"model expects {list(schema.shape)}")
     if not 0 < len(array) <= limits.max_batch:
         raise Refused(422, f"batch size {len(array)} outside 1..{limits.max_batch}")
     if not np.isfinite(array).all():

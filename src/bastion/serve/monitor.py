@@ -121,7 +121,7 @@ class Monitor:
         labels = probabilities.argmax(axis=1)
         entropies = _normalised_entropy(probabilities)
         tested = False
-        for vector, label, entropy in zip(vectors, labels, entropies):
+        for vector, label, entropy in zip(vectors, labels, entropies, strict=True):
             distance = history.min_distance(vector, int(label))
             record = self._record.pack(int(label), distance, float(entropy), 0.0, *vector)
             total, missed = await self.store.remember(
@@ -147,12 +147,13 @@ class Monitor:
         verdict.shapiro_w = _shapiro(distances)
         verdict.coverage = float(history.bins.mean())
         verdict.entropy = float(np.mean(list(history.entropies)[-cfg.window :]))
+        reasons = verdict.reasons
         if verdict.shapiro_w is not None and verdict.shapiro_w < cfg.shapiro_w:
-            verdict.reasons.append(f"min-distance distribution not normal (W={verdict.shapiro_w:.3f})")
+            reasons.append(f"min-distance distribution not normal (W={verdict.shapiro_w:.3f})")
         if verdict.coverage > cfg.coverage:
-            verdict.reasons.append(f"queries cover {verdict.coverage:.0%} of the input range")
+            reasons.append(f"queries cover {verdict.coverage:.0%} of the input range")
         if verdict.entropy > cfg.entropy:
-            verdict.reasons.append(f"answers are uncertain on average (entropy {verdict.entropy:.2f})")
+            reasons.append(f"answers are uncertain on average (entropy {verdict.entropy:.2f})")
         return verdict
 
 

@@ -130,9 +130,10 @@ local keep = tonumber(ARGV[2])
 local since = tonumber(ARGV[4])
 local total = redis.call('INCR', KEYS[2])
 local length = redis.call('RPUSH', KEYS[1], ARGV[1])
-if length > keep then
-  redis.call('LTRIM', KEYS[1], -keep, -1)
-  length = keep
+-- keep `keep` records before the new one, as the memory store does
+if length > keep + 1 then
+  redis.call('LTRIM', KEYS[1], -(keep + 1), -1)
+  length = keep + 1
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
