@@ -146,3 +146,31 @@ def test_key_ring_fails_closed(tmp_path):
     with pytest.raises(AuthError) as gone:
         ring.authenticate(token, "infer")
     assert gone.value.status == 401
+
+
+def test_concurrent_observations_of_one_key_count_each_query_once(redis_url):
+    """Interleaved requests of one key, on two replicas sharing Redis: each replica's copy
+    of the history holds every query exactly once."""
+    import redis
+
+    from bastion.serve.monitor import Monitor, MonitorConfig
+
+    redis.Redis.from_url(redis_url).flushdb()
+    schema = InputSchema((4,), 0.0, 1.0)
+    rows = np.random.default_rng(0).uniform(size=(40, 4))
+    proba = np.tile([0.7, 0.3], (40, 1))
+
+    async def scenario() -> list[int]:
+        replicas = [Monitor(MonitorConfig(), schema, RedisStore(redis_url)) for _ in range(2)]
+        await asyncio.gather(*(replicas[i % 2].observe("k", rows[i : i + 1], proba[:1])
+                               for i in range(40)))
+        # one more query each, in turn: the first catches up with the 40, the second
+        # with those and the first one's extra query
+        for monitor in replicas:
+            await monitor.observe("k", rows[:1], proba[:1])
+        counts = [monitor._keys["k"].count for monitor in replicas]
+        for monitor in replicas:
+            await monitor.store.close()
+        return counts
+
+    assert asyncio.run(scenario()) == [41, 42]

@@ -1,10 +1,11 @@
 """The gateway's HTTP surface: Open Inference Protocol V2 (`/v2/models/{name}`,
 `/v2/models/{name}/infer`), a plain `POST /predict`, `/healthz` and `/metrics`.
 
-Each model request runs the same guard, cheapest refusal first: per-address rate limit,
-API key (header only), the key's alert flag, the key's rate limit, body size while reading,
-JSON depth and the input schema, the daily budget; then the model, the output policy and
-the extraction monitor. There is no management or model-loading endpoint: what is served is
+Each model request runs the same guard: the API key (header only, checked locally), then
+one atomic store call for the per-address rate limit, the key's monitor flag, its rate limit
+and its daily budget (a request refused by the address limit is answered 429 even with a bad
+key, so guessing keys is rate-limited too); then the body size while reading, JSON depth and
+the input schema; then the model, the output policy and the extraction monitor. There is no management or model-loading endpoint: what is served is
 fixed when the process starts.
 """
 
@@ -33,7 +34,7 @@ from bastion.serve.auth import ApiKey, AuthError, KeyRing
 from bastion.serve.backend import Backend, BackendError
 from bastion.serve.limits import Limits, Refused, parse_json, read_body, to_batch
 from bastion.serve.monitor import Monitor, MonitorConfig
-from bastion.serve.store import Store
+from bastion.serve.store import Quota, Store
 
 # Query parameters that would put a credential in URLs, logs and browser history.
 _KEY_PARAMS = {"api_key", "apikey", "key", "token", "access_token", "x-api-key"}
@@ -160,27 +161,38 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
         return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
     async def authorise(request: Request, route: str, scope: str) -> ApiKey | JSONResponse:
+        """The request's key, once admitted; otherwise the refusal to send. The key check
+        is local; the limits are one store call (one round trip with Redis)."""
         client = request.client.host if request.client else "unknown"
         if _KEY_PARAMS & {name.lower() for name in request.query_params}:
             return answer(route, "refused", 400, "API keys are accepted only in a header, "
                           "never in the URL", client=client)
-        wait = await store.take("ip:" + client, config.client_rate, config.client_burst)
-        if wait:
-            return answer(route, "limited", 429, "too many requests from this address",
-                          client=client, retry_after=_seconds(wait))
         try:
-            key = keys.authenticate(_token(request), scope)
+            key: ApiKey | None = keys.authenticate(_token(request), scope)
+            failure = None
         except AuthError as exc:
-            return answer(route, "refused", exc.status, exc.reason, client=client)
-        flag = await store.flag(key.id) if monitor else None
-        if flag == "blocked":
+            key, failure = None, exc
+        quota = None if key is None else Quota(
+            key.id, key.rate, key.burst, key.daily_budget if scope == "infer" else None,
+            str(int(time.time() // DAY_S)), DAY_S + 3600,
+        )
+        admission = await store.admit(client, config.client_rate, config.client_burst, quota,
+                                      config.throttle_factor)
+        if admission.refused == "address":
+            return answer(route, "limited", 429, "too many requests from this address",
+                          client=client, retry_after=_seconds(admission.wait))
+        if failure is not None:
+            return answer(route, "refused", failure.status, failure.reason, client=client)
+        if admission.refused == "blocked":
             return answer(route, "blocked", 403, "API key blocked by the extraction monitor",
                           client=client, key=key.id)
-        rate = key.rate * (config.throttle_factor if flag == "throttled" else 1.0)
-        wait = await store.take("key:" + key.id, rate, key.burst)
-        if wait:
+        if admission.refused == "key":
             return answer(route, "limited", 429, "rate limit exceeded for this key",
-                          client=client, key=key.id, retry_after=_seconds(wait))
+                          client=client, key=key.id, retry_after=_seconds(admission.wait))
+        if admission.refused == "budget":
+            return answer(route, "limited", 429, "daily query budget spent for this key",
+                          client=client, key=key.id,
+                          retry_after=_seconds(DAY_S - time.time() % DAY_S))
         return key
 
     async def guarded_inference(
@@ -198,11 +210,6 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
             batch = extract(parse_json(body, config.limits.max_depth))
         except Refused as exc:
             return answer(route, "refused", exc.status, exc.reason, client=client, key=key.id)
-        if not await store.spend(f"{key.id}:{int(time.time() // DAY_S)}", key.daily_budget,
-                                 DAY_S + 3600):
-            return answer(route, "limited", 429, "daily query budget spent for this key",
-                          client=client, key=key.id,
-                          retry_after=_seconds(DAY_S - time.time() % DAY_S))
         try:
             probabilities = await backend.predict(batch)
         except BackendError as exc:

@@ -15,6 +15,7 @@ so replicas sharing Redis judge the same history.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from collections import deque
@@ -107,6 +108,10 @@ class Monitor:
         high = schema.high if schema.high is not None else 1.0
         self._low, self._span = low, (high - low) or 1.0
         self._keys: dict[str, _KeyHistory] = {}
+        # One observation at a time per key in this replica: the store hands out what a
+        # replica missed by sequence number, and two interleaved observations would both
+        # add the same records to the local copy.
+        self._locks: dict[str, asyncio.Lock] = {}
         self._record = struct.Struct(f"<ifff{self.dim}f")
 
     def _normalise(self, rows: np.ndarray) -> np.ndarray:
@@ -114,6 +119,14 @@ class Monitor:
 
     async def observe(self, key_id: str, rows: np.ndarray, probabilities: np.ndarray) -> Verdict:
         """Record a batch of queries for `key_id` and judge the key's history."""
+        lock = self._locks.get(key_id)
+        if lock is None:
+            lock = self._locks[key_id] = asyncio.Lock()
+        async with lock:
+            return await self._observe(key_id, rows, probabilities)
+
+    async def _observe(self, key_id: str, rows: np.ndarray, probabilities: np.ndarray
+                       ) -> Verdict:
         history = self._keys.get(key_id)
         if history is None:
             history = self._keys[key_id] = _KeyHistory(self.config.keep, self.dim)

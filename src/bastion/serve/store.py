@@ -10,12 +10,43 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 from bastion.errors import UsageError
 
 
+@dataclass(frozen=True)
+class Admission:
+    """One request's admission: `refused` is None (admitted), "address" or "key" (rate
+    limited, with `wait` seconds), "blocked" (monitor) or "budget" (daily budget spent)."""
+
+    refused: str | None = None
+    wait: float = 0.0
+    flag: str | None = None
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The limits applied to one API key's request."""
+
+    key_id: str
+    rate: float
+    burst: int
+    budget: int | None  # None: the request does not count against the budget
+    budget_period: str
+    budget_ttl_s: int
+
+
 class Store(Protocol):
+    async def admit(
+        self, address: str, address_rate: float, address_burst: int, quota: Quota | None,
+        throttle_factor: float,
+    ) -> Admission:
+        """Decide a request atomically: the address bucket, then for a key its flag, its
+        bucket and its budget."""
+        ...
+
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one token; 0.0 when granted, else seconds until one is available."""
         ...
@@ -48,6 +79,30 @@ class MemoryStore:
         self._budgets: dict[str, tuple[int, float]] = {}
         self._history: dict[str, tuple[int, deque[bytes]]] = {}
         self._flags: dict[str, str] = {}
+
+    async def admit(
+        self, address: str, address_rate: float, address_burst: int, quota: Quota | None,
+        throttle_factor: float,
+    ) -> Admission:
+        # No await suspends in this store, so on one event loop this runs as one step.
+        wait = await self.take("ip:" + address, address_rate, address_burst)
+        if wait:
+            return Admission("address", wait)
+        if quota is None:
+            return Admission()
+        flag = self._flags.get(quota.key_id)
+        if flag == "blocked":
+            return Admission("blocked", flag=flag)
+        rate = quota.rate * (throttle_factor if flag == "throttled" else 1.0)
+        wait = await self.take("key:" + quota.key_id, rate, quota.burst)
+        if wait:
+            return Admission("key", wait, flag)
+        budget = f"{quota.key_id}:{quota.budget_period}"
+        if quota.budget is not None and not await self.spend(
+            budget, quota.budget, quota.budget_ttl_s
+        ):
+            return Admission("budget", flag=flag)
+        return Admission(flag=flag)
 
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         now = self._clock()
@@ -89,39 +144,69 @@ class MemoryStore:
 
 
 # Token bucket in Redis: state is a hash {tokens, stamp}; time comes from Redis (TIME), so
-# every replica sees one clock. Returns "0" when granted, else the wait in seconds.
-_TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+# every replica sees one clock. Returns 0 when granted, else the wait in seconds (-1: never).
+_TAKE_FUNCTION = """
+local function take(key, rate, burst, now)
+  local state = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = tonumber(state[1]) or burst
+  local stamp = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  elseif rate > 0 then
+    wait = (1 - tokens) / rate
+  else
+    wait = -1
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'stamp', tostring(now))
+  local idle = 60
+  if rate > 0 then idle = math.ceil(burst / rate) + 1 end
+  redis.call('EXPIRE', key, idle)
+  return wait
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens = tonumber(state[1]) or burst
-local stamp = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-elseif rate > 0 then
-  wait = (1 - tokens) / rate
-else
-  wait = -1
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
-local idle = 60
-if rate > 0 then idle = math.ceil(burst / rate) + 1 end
-redis.call('EXPIRE', KEYS[1], idle)
-return tostring(wait)
+"""
+
+_TAKE = _TAKE_FUNCTION + """
+return tostring(take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now))
 """
 
 # Daily budget: count only while under the limit, so a refused query is never counted.
-_SPEND = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return 0 end
-redis.call('INCR', KEYS[1])
-if used == 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
-return 1
+_SPEND_FUNCTION = """
+local function spend(key, limit, ttl)
+  local used = tonumber(redis.call('GET', key) or '0')
+  if used >= limit then return false end
+  redis.call('INCR', key)
+  if used == 0 then redis.call('EXPIRE', key, ttl) end
+  return true
+end
 """
+
+_SPEND = _SPEND_FUNCTION + """
+if spend(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then return 1 end
+return 0
+"""
+
+# The whole admission decision in one round trip: address bucket, then (for a known key)
+# its flag, its bucket (slowed when throttled) and its budget.
+_ADMIT = _TAKE_FUNCTION + _SPEND_FUNCTION + """
+local wait = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+if wait ~= 0 then return {1, tostring(wait), ''} end
+if ARGV[3] == '' then return {0, '0', ''} end
+local flag = redis.call('GET', KEYS[4]) or ''
+if flag == 'blocked' then return {2, '0', flag} end
+local rate = tonumber(ARGV[3])
+if flag == 'throttled' then rate = rate * tonumber(ARGV[5]) end
+wait = take(KEYS[2], rate, tonumber(ARGV[4]), now)
+if wait ~= 0 then return {3, tostring(wait), flag} end
+if ARGV[6] ~= '' and not spend(KEYS[3], tonumber(ARGV[6]), tonumber(ARGV[7])) then
+  return {4, '0', flag}
+end
+return {0, '0', flag}
+"""
+
 
 # Monitor history: count, append, trim and read what the caller lacks in one step, so
 # replicas see one order of queries and transfer only new records.
@@ -157,11 +242,32 @@ class RedisStore:
         self._redis = aioredis.from_url(url)
         self._prefix = prefix
         self._take = self._redis.register_script(_TAKE)
+        self._admit = self._redis.register_script(_ADMIT)
         self._spend = self._redis.register_script(_SPEND)
         self._remember = self._redis.register_script(_REMEMBER)
 
     async def ping(self) -> None:
         await self._redis.ping()
+
+    async def admit(
+        self, address: str, address_rate: float, address_burst: int, quota: Quota | None,
+        throttle_factor: float,
+    ) -> Admission:
+        p = self._prefix
+        if quota is None:
+            keys = [p + "tb:ip:" + address, p + "unused", p + "unused", p + "unused"]
+            args = [address_rate, address_burst, "", 0, throttle_factor, "", 0]
+        else:
+            keys = [p + "tb:ip:" + address, p + "tb:key:" + quota.key_id,
+                    p + "bd:" + f"{quota.key_id}:{quota.budget_period}",
+                    p + "flag:" + quota.key_id]
+            args = [address_rate, address_burst, quota.rate, quota.burst, throttle_factor,
+                    "" if quota.budget is None else quota.budget, quota.budget_ttl_s]
+        code, wait, flag = await self._admit(keys=keys, args=args)
+        flag = flag.decode() or None
+        wait = float(wait)
+        refused = {0: None, 1: "address", 2: "blocked", 3: "key", 4: "budget"}[int(code)]
+        return Admission(refused, float("inf") if wait < 0 else wait, flag)
 
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         wait = float(await self._take(keys=[self._prefix + "tb:" + bucket], args=[rate, burst]))
