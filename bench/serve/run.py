@@ -30,7 +30,6 @@ from pathlib import Path
 
 import httpx
 import joblib
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
@@ -111,13 +110,13 @@ def measure(kind: str, model: Path, body: Path, token: str, folder: Path,
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
         load = [sys.executable, str(HERE / "load.py"), url, str(body), "--key", token]
-        subprocess.run(load + ["--concurrency", "4", "--seconds", "1"], check=True,
+        subprocess.run([*load, "--concurrency", "4", "--seconds", "1"], check=True,
                        capture_output=True)  # warm-up
         latency = json.loads(subprocess.run(
-            load + ["--concurrency", "1", "--seconds", str(seconds)], check=True,
+            [*load, "--concurrency", "1", "--seconds", str(seconds)], check=True,
             capture_output=True, text=True).stdout)
         throughput = json.loads(subprocess.run(
-            load + ["--concurrency", str(concurrency), "--seconds", str(seconds)], check=True,
+            [*load, "--concurrency", str(concurrency), "--seconds", str(seconds)], check=True,
             capture_output=True, text=True).stdout)
     finally:
         process.terminate()

@@ -5,8 +5,10 @@ Each model request runs the same guard: the API key (header only, checked locall
 one atomic store call for the per-address rate limit, the key's monitor flag, its rate limit
 and its daily budget (a request refused by the address limit is answered 429 even with a bad
 key, so guessing keys is rate-limited too); then the body size while reading, JSON depth and
-the input schema; then the model, the output policy and the extraction monitor. There is no management or model-loading endpoint: what is served is
-fixed when the process starts.
+the input schema; then the model, the output policy and the extraction monitor.
+
+There is no management or model-loading endpoint: what is served is fixed when the process
+starts.
 """
 
 from __future__ import annotations
