@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign
+.PHONY: demo test lint bench-scan bench-sign bench-serve bench-extraction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,9 @@ bench-scan: $(STAMP) $(PEERS)
 
 bench-sign: $(STAMP) $(PEERS)
 	$(BIN)/python bench/sign/run.py
+
+bench-serve: $(STAMP)
+	nice -n 10 $(BIN)/python bench/serve/run.py
+
+bench-extraction: $(ML_PEERS)
+	nice -n 10 $(BIN)/python bench/extraction/run.py
