@@ -181,7 +181,8 @@ def main() -> int:
     Path(args.out).write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg()},
-        "settings": vars(args), "results": summary, "targets": targets,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "results": summary, "targets": targets,
     }, indent=2) + "\n")
     return 0 if all(targets.values()) else 1
 

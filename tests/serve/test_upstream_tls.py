@@ -134,3 +134,33 @@ def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path, serve_app, g
     context.load_cert_chain(client_cert, client_key_path)
     with httpx.Client(verify=context) as holder:
         assert holder.post(url + "/predict", json=body, headers=headers).status_code == 200
+
+
+def test_serves_an_onnx_model_file(tmp_path, serve_app, digits, keyfile, make_key):
+    from skl2onnx import to_onnx
+
+    from bastion.govern.events import file_digest
+    from bastion.govern.ledger import Ledger, init_ledger
+    from bastion.serve.gateway import build_app
+
+    ledger = tmp_path / "ledger.db"
+    init_ledger(ledger)[0].close()
+    token = make_key()
+    path = tmp_path / "digits.onnx"
+    path.write_bytes(to_onnx(digits.model, digits.x_train[:1].astype(np.float32))
+                     .SerializeToString())
+    app = build_app(model=str(path), upstream=None, upstream_model=None, name=None,
+                    keys=str(keyfile.path), store="memory", policies=[], monitor="block",
+                    input_shape=None, input_range=(0.0, 16.0), max_body=1 << 20,
+                    max_batch=64, client_rate=100.0, client_burst=100, cors_origins=[],
+                    audit=None, ledger=str(ledger), verify_key=None)
+    with Ledger.open(ledger) as opened:
+        (deploy,) = opened.find("deploy")
+    assert deploy.event["parents"] == [file_digest(path)]
+    url = serve_app(app)
+    rows = digits.x_test[:5]
+    out = httpx.post(url + "/v2/models/digits/infer", headers={"X-API-Key": token}, json={
+        "inputs": [{"name": "X", "shape": [5, 64], "datatype": "FP32",
+                    "data": rows.reshape(-1).tolist()}]}).json()
+    probabilities = np.asarray(out["outputs"][0]["data"]).reshape(5, 10)
+    np.testing.assert_allclose(probabilities, digits.model.predict_proba(rows), atol=1e-4)

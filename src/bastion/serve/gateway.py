@@ -32,7 +32,13 @@ def load_backend(
     from bastion.models import load
     from bastion.models.classifier import as_classifier
 
-    classifier = as_classifier(load(model, verify_key=verify_key))
+    loaded = load(model, verify_key=verify_key)
+    if type(loaded).__name__ == "ModelProto":  # ONNX
+        from bastion.serve.onnx_model import OnnxClassifier
+
+        classifier = OnnxClassifier(loaded, model, input_shape)
+    else:
+        classifier = as_classifier(loaded)
     return LocalBackend(name or Path(model).stem, classifier,
                         local_schema(classifier, input_shape, input_range))
 
@@ -62,4 +68,23 @@ def build_app(
     )
     backend = load_backend(model, upstream, upstream_model, name, input_shape, input_range,
                            verify_key)
+    if ledger is not None:
+        record_deploy(ledger, model or upstream, backend, config)
     return create_app(backend, ring, open_store(store), config)
+
+
+def record_deploy(ledger: str, source: str, backend: Backend, config: GatewayConfig) -> None:
+    """A `deploy` event: the model file's digest as parent (lineage from its scan and
+    signature), and the gateway's settings."""
+    from bastion.govern.events import Event, default_actor, file_digest
+    from bastion.govern.ledger import record
+
+    parents = (file_digest(source),) if Path(source).is_file() else ()
+    details = {
+        "gateway": "bastion serve", "model": backend.name, "source": source,
+        "input_shape": list(backend.schema.shape),
+        "output_policies": [str(p) for p in config.policies],
+        "monitor": config.monitor.action if config.monitor else "off",
+    }
+    record(ledger, [Event(kind="deploy", actor=default_actor(), parents=parents,
+                          details=details)])
