@@ -65,11 +65,12 @@ class _Metrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "bastion_request_seconds", "Time to answer a model request", ["route"],
+            "bastion_request_seconds", "Time to answer an allowed model request", ["route"],
             registry=self.registry,
         )
         self.alerts = Counter(
-            "bastion_monitor_alerts", "Extraction monitor alerts", registry=self.registry
+            "bastion_monitor_alerts", "Extraction monitor verdicts that raised an alert",
+            registry=self.registry,
         )
         self.rows = Counter("bastion_rows", "Input rows answered", registry=self.registry)
 
@@ -148,7 +149,6 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
         title="Bastion gateway", version="1", lifespan=lifespan,
         docs_url=None, redoc_url=None,
     )
-    app.state.audit, app.state.metrics, app.state.monitor = audit, metrics, monitor
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -230,11 +230,9 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
 
     async def _on_alert(key: ApiKey, client: str, route: str, verdict: Any) -> None:
         action = config.monitor.action
-        previous = await store.flag(key.id)
-        if action != "log" and previous != "blocked":
+        if action != "log" and await store.flag(key.id) != "blocked":
             await store.flag(key.id, "blocked" if action == "block" else "throttled")
-        if previous is None or (action == "block" and previous != "blocked"):
-            metrics.alerts.inc()
+        metrics.alerts.inc()
         audit.write("alert", route=route, client=client, key=key.id, action=action,
                     **verdict.evidence())
 

@@ -15,7 +15,6 @@ so replicas sharing Redis judge the same history.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 from collections import deque
@@ -66,19 +65,31 @@ class Verdict:
 
 
 class _KeyHistory:
-    """This replica's copy of one key's records, synced incrementally from the store."""
+    """This replica's copy of one key's records, synced incrementally from the store.
+
+    Records are numbered by the store (1, 2, ...). Concurrent requests of one key may hand
+    back the same record twice (one as its own, another as missed), so each number is added
+    once; no lock is held across the store's round trip."""
 
     def __init__(self, keep: int, dim: int) -> None:
-        self.seen = 0
+        self.seen = 0  # highest record number this replica has asked the store past
         self.vectors = np.zeros((keep, dim), dtype=np.float32)
         self.classes = np.full(keep, -1, dtype=np.int32)
+        self.numbers = np.zeros(keep, dtype=np.int64)
+        self.present: set[int] = set()
         self.distances: deque[float] = deque(maxlen=keep)
         self.entropies: deque[float] = deque(maxlen=keep)
         self.bins = np.zeros((dim, _BINS), dtype=bool)
         self.count = 0  # rows filled in the ring
         self.next = 0
 
-    def add(self, vector: np.ndarray, label: int, distance: float, entropy: float) -> None:
+    def add(self, number: int, vector: np.ndarray, label: int, distance: float,
+            entropy: float) -> None:
+        if number in self.present:
+            return
+        self.present.discard(int(self.numbers[self.next]))
+        self.present.add(number)
+        self.numbers[self.next] = number
         self.vectors[self.next] = vector
         self.classes[self.next] = label
         self.next = (self.next + 1) % len(self.vectors)
@@ -108,10 +119,6 @@ class Monitor:
         high = schema.high if schema.high is not None else 1.0
         self._low, self._span = low, (high - low) or 1.0
         self._keys: dict[str, _KeyHistory] = {}
-        # One observation at a time per key in this replica: the store hands out what a
-        # replica missed by sequence number, and two interleaved observations would both
-        # add the same records to the local copy.
-        self._locks: dict[str, asyncio.Lock] = {}
         self._record = struct.Struct(f"<ifff{self.dim}f")
 
     def _normalise(self, rows: np.ndarray) -> np.ndarray:
@@ -119,14 +126,6 @@ class Monitor:
 
     async def observe(self, key_id: str, rows: np.ndarray, probabilities: np.ndarray) -> Verdict:
         """Record a batch of queries for `key_id` and judge the key's history."""
-        lock = self._locks.get(key_id)
-        if lock is None:
-            lock = self._locks[key_id] = asyncio.Lock()
-        async with lock:
-            return await self._observe(key_id, rows, probabilities)
-
-    async def _observe(self, key_id: str, rows: np.ndarray, probabilities: np.ndarray
-                       ) -> Verdict:
         history = self._keys.get(key_id)
         if history is None:
             history = self._keys[key_id] = _KeyHistory(self.config.keep, self.dim)
@@ -140,16 +139,16 @@ class Monitor:
             total, missed = await self.store.remember(
                 key_id, record, self.config.keep, history.seen
             )
-            for raw in missed:
-                self._add(history, raw)
-            history.add(vector, int(label), distance, float(entropy))
-            history.seen = total
+            for number, raw in enumerate(missed, start=total - len(missed)):
+                self._add(history, number, raw)
+            history.add(total, vector, int(label), distance, float(entropy))
+            history.seen = max(history.seen, total)
             tested = tested or total % self.config.test_every == 0
         return self._judge(history, tested)
 
-    def _add(self, history: _KeyHistory, raw: bytes) -> None:
+    def _add(self, history: _KeyHistory, number: int, raw: bytes) -> None:
         label, distance, entropy, _, *vector = self._record.unpack(raw)
-        history.add(np.asarray(vector, dtype=np.float32), label, distance, entropy)
+        history.add(number, np.asarray(vector, dtype=np.float32), label, distance, entropy)
 
     def _judge(self, history: _KeyHistory, tested: bool) -> Verdict:
         cfg = self.config
