@@ -6,7 +6,9 @@ bare FastAPI endpoint, with load from a second process on loopback.
 The model is logistic regression on scikit-learn's digits (64 inputs, 10 classes); each
 request carries one held-out row. Servers run one at a time, one uvicorn worker each (same
 HTTP stack for all), in interleaved rounds; the best round per server is kept, which filters
-out noise from other processes on a shared machine. The gateway runs with everything on: API
+out noise from other processes on a shared machine. The server's CPU time per request (from
+/proc, during the throughput phase) is shown too: it moves much less with the machine's load
+than requests/s do. The gateway runs with everything on: API
 key, per-address and per-key token buckets, daily budget, schema checks, the extraction
 monitor (action `log`, since the benchmark's replayed rows would rightly be flagged), an
 audit file and Prometheus metrics. Latency is measured with one connection (no queueing),
@@ -101,6 +103,12 @@ def server_command(kind: str, port: int, model: Path, folder: Path, redis_url: s
     return command
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(kind: str, model: Path, body: Path, token: str, folder: Path,
             redis_url: str | None, seconds: float, concurrency: int) -> dict:
     port = free_port()
@@ -115,21 +123,25 @@ def measure(kind: str, model: Path, body: Path, token: str, folder: Path,
         latency = json.loads(subprocess.run(
             [*load, "--concurrency", "1", "--seconds", str(seconds)], check=True,
             capture_output=True, text=True).stdout)
+        cpu_before = cpu_seconds(process.pid)
         throughput = json.loads(subprocess.run(
             [*load, "--concurrency", str(concurrency), "--seconds", str(seconds)], check=True,
             capture_output=True, text=True).stdout)
+        cpu_ms = 1000 * (cpu_seconds(process.pid) - cpu_before) / max(1, throughput["requests"])
     finally:
         process.terminate()
         process.wait(10)
     if latency["errors"] or throughput["errors"]:
         raise RuntimeError(f"{kind}: non-200 answers under load: {latency} {throughput}")
     return {"p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
-            "rps": throughput["rps"], "loaded_p50_ms": throughput["p50_ms"],
+            "rps": throughput["rps"], "cpu_ms": round(cpu_ms, 3),
+            "loaded_p50_ms": throughput["p50_ms"],
             "loaded_p99_ms": throughput["p99_ms"]}
 
 
 def best(rounds: list[dict]) -> dict:
     return {"rps": max(r["rps"] for r in rounds),
+            "cpu_ms": min(r["cpu_ms"] for r in rounds),
             "p50_ms": min(r["p50_ms"] for r in rounds),
             "p99_ms": min(r["p99_ms"] for r in rounds),
             "loaded_p50_ms": min(r["loaded_p50_ms"] for r in rounds),
@@ -162,12 +174,13 @@ def main() -> int:
                 redis[0].wait(10)
     summary = {kind: best(rounds) for kind, rounds in results.items()}
     bare = summary["bare"]
-    print(f"{'server':<16} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'+p50 ms':>8} {'loaded p50':>10} {'loaded p99':>10}")
+    print(f"{'server':<16} {'req/s':>8} {'ratio':>6} {'cpu ms/req':>10} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'+p50 ms':>8} {'loaded p50':>10} {'loaded p99':>10}")
     for kind, row in summary.items():
         row["ratio"] = round(row["rps"] / bare["rps"], 3)
         row["p50_overhead_ms"] = round(row["p50_ms"] - bare["p50_ms"], 3)
-        print(f"{kind:<16} {row['rps']:>8.0f} {row['ratio']:>6.2f} {row['p50_ms']:>7.2f} "
+        print(f"{kind:<16} {row['rps']:>8.0f} {row['ratio']:>6.2f} {row['cpu_ms']:>10.3f} "
+              f"{row['p50_ms']:>7.2f} "
               f"{row['p99_ms']:>7.2f} {row['p50_overhead_ms']:>8.2f} "
               f"{row['loaded_p50_ms']:>10.2f} {row['loaded_p99_ms']:>10.2f}")
     targets = {

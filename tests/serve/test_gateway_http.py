@@ -41,6 +41,7 @@ def test_missing_wrong_revoked_and_url_keys_are_refused(start_gateway, make_key,
     current = KeyFile.load(keyfile.path)
     current.revoke(key_id)
     current.save()
+    time.sleep(1.1)  # the gateway looks at the key file at most once a second
     revoked = post(url, token, row)
     assert revoked.status_code == 403 and "revoked" in revoked.json()["error"]
 
@@ -208,3 +209,35 @@ def test_metrics_audit_and_ledger(start_gateway, make_key, digits, tmp_path):
             events = ledger.find("serve")
     assert events, "no serve event reached the ledger"
     assert events[0].event["details"]["decisions"]["allowed"] == 1
+
+
+def test_throttle_action_cuts_the_key_to_a_tenth(start_gateway, make_key, digits, tmp_path):
+    from bastion.serve.monitor import MonitorConfig
+
+    token = make_key(rate=0.001, burst=100)
+    audit = tmp_path / "audit.jsonl"
+    url = start_gateway(monitor=MonitorConfig(action="throttle", min_queries=20, test_every=5),
+                        audit_path=str(audit))
+    row = {"inputs": digits.x_test[:1].tolist()}  # the same query again and again
+    with httpx.Client(headers={"X-API-Key": token}) as client:
+        codes = [client.post(url + "/predict", json=row).status_code for _ in range(60)]
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    alert = next(i for i, line in enumerate(lines) if line["decision"] == "alert")
+    assert lines[alert]["action"] == "throttle"
+    # `alert` answered requests precede the alert line; the request that raised it is
+    # answered too, then the key's burst shrinks to a tenth: 10 more tokens.
+    assert codes.count(200) == alert + 1 + 10
+    assert set(codes[alert + 11 :]) == {429} and 403 not in codes
+
+
+def test_cors_is_closed_unless_an_origin_is_given(start_gateway, make_key):
+    make_key()
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    closed = httpx.options(start_gateway() + "/predict", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    opened = httpx.options(start_gateway(cors_origins=("https://app.example",)) + "/predict",
+                           headers=preflight)
+    assert opened.headers["access-control-allow-origin"] == "https://app.example"
+    other = httpx.options(start_gateway(cors_origins=("https://app.example",)) + "/predict",
+                          headers={**preflight, "Origin": "https://evil.example"})
+    assert other.headers.get("access-control-allow-origin") != "https://evil.example"

@@ -137,7 +137,7 @@ def test_key_ring_fails_closed(tmp_path):
     keys = KeyFile.load(tmp_path / "keys.json", create=True)
     _, token = keys.create("a", scopes=("infer",))
     keys.save()
-    ring = KeyRing(keys.path)
+    ring = KeyRing(keys.path, recheck_s=0.0)
     assert ring.authenticate(token, "infer").name == "a"
     with pytest.raises(AuthError) as scope:
         ring.authenticate(token, "metrics")

@@ -47,6 +47,7 @@ def test_attack_through_gateway_is_blocked_before_its_budget(
 ):
     audit = tmp_path / "audit.jsonl"
     attacker = make_key("attacker", rate=10_000, burst=10_000, daily_budget=5_000)
+    benign = make_key("benign", rate=10_000, burst=10_000)
     url = start_gateway(audit_path=str(audit), client_rate=10_000, client_burst=10_000)
     target = RemoteClassifier(url + "/v2/models/digits", attacker, batch_size=25)
     pool = digits.x_test[:20] if strategy == "jacobian" else None  # None: uniform noise
@@ -62,7 +63,6 @@ def test_attack_through_gateway_is_blocked_before_its_budget(
     assert "alert" in decisions and decisions[-1] == "blocked"
 
     # Benign clients replaying held-out data, one query each, are never flagged.
-    benign = make_key("benign", rate=10_000, burst=10_000)
     with httpx.Client(headers={"X-API-Key": benign}) as client:
         codes = {client.post(url + "/predict", json={"inputs": [row.tolist()]}).status_code
                  for row in digits.x_test[:300]}

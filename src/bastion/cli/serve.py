@@ -196,7 +196,7 @@ def revoke_key(
     key_id: Annotated[str, typer.Argument(help="The key's id (from `list`).")],
     keys: KeysFileOption = "bastion-keys.json",
 ) -> None:
-    """Revoke a key; a running gateway refuses it from its next request."""
+    """Revoke a key; a running gateway refuses it within a second."""
     from bastion.serve.auth import KeyFile
 
     store = KeyFile.load(keys)

@@ -50,7 +50,7 @@ class GatewayConfig:
     monitor: MonitorConfig | None = field(default_factory=MonitorConfig)
     client_rate: float = 50.0  # per client address, requests/s
     client_burst: int = 100
-    throttle_factor: float = 0.1  # a throttled key keeps this share of its rate
+    throttle_factor: float = 0.1  # a throttled key keeps this share of its rate and burst
     cors_origins: tuple[str, ...] = ()
     audit_path: str | None = None
     ledger: str | None = None

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,10 +126,13 @@ class AuthError(Exception):
 
 
 class KeyRing:
-    """The gateway's view of the key file, reloaded when the file changes."""
+    """The gateway's view of the key file, reloaded when the file changes (looked at no more
+    than once per `recheck_s`: a revoked key is refused within that time)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], recheck_s: float = 1.0) -> None:
         self.path = Path(path)
+        self.recheck_s = recheck_s
+        self._checked = time.monotonic()
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, ApiKey] = KeyFile.load(self.path).keys  # errors at start
         self._refresh()
@@ -136,6 +140,10 @@ class KeyRing:
     def _refresh(self) -> None:
         """Re-read the file when it changed; fail closed (no keys) when it vanished or
         stopped parsing, rather than keep honouring keys that may have been revoked."""
+        now = time.monotonic()
+        if self._stamp is not None and now - self._checked < self.recheck_s:
+            return
+        self._checked = now
         try:
             st = os.stat(self.path)
         except OSError:

@@ -93,8 +93,10 @@ class MemoryStore:
         flag = self._flags.get(quota.key_id)
         if flag == "blocked":
             return Admission("blocked", flag=flag)
-        rate = quota.rate * (throttle_factor if flag == "throttled" else 1.0)
-        wait = await self.take("key:" + quota.key_id, rate, quota.burst)
+        rate, burst = quota.rate, quota.burst
+        if flag == "throttled":
+            rate, burst = rate * throttle_factor, max(1, int(burst * throttle_factor))
+        wait = await self.take("key:" + quota.key_id, rate, burst)
         if wait:
             return Admission("key", wait, flag)
         budget = f"{quota.key_id}:{quota.budget_period}"
@@ -198,8 +200,12 @@ if ARGV[3] == '' then return {0, '0', ''} end
 local flag = redis.call('GET', KEYS[4]) or ''
 if flag == 'blocked' then return {2, '0', flag} end
 local rate = tonumber(ARGV[3])
-if flag == 'throttled' then rate = rate * tonumber(ARGV[5]) end
-wait = take(KEYS[2], rate, tonumber(ARGV[4]), now)
+local burst = tonumber(ARGV[4])
+if flag == 'throttled' then
+  rate = rate * tonumber(ARGV[5])
+  burst = math.max(1, math.floor(burst * tonumber(ARGV[5])))
+end
+wait = take(KEYS[2], rate, burst, now)
 if wait ~= 0 then return {3, tostring(wait), flag} end
 if ARGV[6] ~= '' and not spend(KEYS[3], tonumber(ARGV[6]), tonumber(ARGV[7])) then
   return {4, '0', flag}
