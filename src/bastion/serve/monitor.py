@@ -76,6 +76,8 @@ class _KeyHistory:
         self.vectors = np.zeros((keep, dim), dtype=np.float32)
         self.classes = np.full(keep, -1, dtype=np.int32)
         self.numbers = np.zeros(keep, dtype=np.int64)
+        self.norms = np.zeros(keep, dtype=np.float32)  # squared, for distances by one product
+        self._features = np.arange(dim)
         self.present: set[int] = set()
         self.distances: deque[float] = deque(maxlen=keep)
         self.entropies: deque[float] = deque(maxlen=keep)
@@ -91,6 +93,7 @@ class _KeyHistory:
         self.present.add(number)
         self.numbers[self.next] = number
         self.vectors[self.next] = vector
+        self.norms[self.next] = vector @ vector
         self.classes[self.next] = label
         self.next = (self.next + 1) % len(self.vectors)
         self.count = min(self.count + 1, len(self.vectors))
@@ -98,14 +101,21 @@ class _KeyHistory:
             self.distances.append(distance)
         self.entropies.append(entropy)
         cells = np.clip((vector * _BINS).astype(np.int64), 0, _BINS - 1)
-        self.bins[np.arange(len(cells)), cells] = True
+        self.bins[self._features, cells] = True
 
     def min_distance(self, vector: np.ndarray, label: int) -> float:
-        same = self.classes[: self.count] == label
+        n = self.count
+        same = self.classes[:n] == label
         if not same.any():
             return math.nan
-        diff = self.vectors[: self.count][same] - vector
-        return float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
+        # |a - v|^2 = |a|^2 - 2 a.v + |v|^2: one matrix-vector product finds the nearest;
+        # its distance is then computed directly, since the expansion loses precision in
+        # float32 exactly where it matters (repeated queries must give 0).
+        squared = self.norms[:n] - 2.0 * (self.vectors[:n] @ vector)
+        candidates = np.flatnonzero(same)
+        nearest = candidates[np.argmin(squared[candidates])]
+        diff = self.vectors[nearest].astype(np.float64) - vector
+        return float(np.sqrt(diff @ diff))
 
 
 class Monitor:
