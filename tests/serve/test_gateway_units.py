@@ -174,3 +174,13 @@ def test_concurrent_observations_of_one_key_count_each_query_once(redis_url):
         return counts
 
     assert asyncio.run(scenario()) == [41, 42]
+
+
+def test_monitor_without_a_declared_range_takes_any_values():
+    from bastion.serve.monitor import Monitor, MonitorConfig
+
+    monitor = Monitor(MonitorConfig(min_queries=5, test_every=1), InputSchema((3,)),
+                      MemoryStore())
+    rows = np.array([[-1e6, 0.5, 1e6], [-50.0, 2.0, 3.0]] * 5)
+    verdict = asyncio.run(monitor.observe("k", rows, np.tile([0.4, 0.6], (10, 1))))
+    assert verdict.coverage is not None and 0 < verdict.coverage <= 1

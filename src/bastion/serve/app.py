@@ -166,7 +166,9 @@ def create_app(backend: Backend, keys: KeyRing, store: Store, config: GatewayCon
         """The request's key, once admitted; otherwise the refusal to send. The key check
         is local; the limits are one store call (one round trip with Redis)."""
         client = request.client.host if request.client else "unknown"
-        if _KEY_PARAMS & {name.lower() for name in request.query_params}:
+        if request.scope["query_string"] and _KEY_PARAMS & {
+            name.lower() for name in request.query_params
+        }:
             return answer(route, "refused", 400, "API keys are accepted only in a header, "
                           "never in the URL", client=client)
         try:

@@ -7,12 +7,19 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import Counter
 from typing import Any
 
 from bastion.govern.events import Event, default_actor, utc_now
 
 MAX_ALERTS_PER_EVENT = 100
+
+
+def _now() -> str:
+    """UTC time as ISO-8601 with microseconds (cheaper than datetime on the hot path)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 class AuditLog:
@@ -30,7 +37,7 @@ class AuditLog:
 
     def write(self, decision: str, **fields: Any) -> None:
         if self._file is not None:
-            line = {"time": utc_now(), "decision": decision, **fields}
+            line = {"time": _now(), "decision": decision, **fields}
             self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
         if self.ledger is not None:
             with self._lock:

@@ -100,7 +100,8 @@ class _KeyHistory:
         if not math.isnan(distance):
             self.distances.append(distance)
         self.entropies.append(entropy)
-        cells = np.clip((vector * _BINS).astype(np.int64), 0, _BINS - 1)
+        # in [0, 1] when the model declares a range; clamp for models that do not
+        cells = np.minimum(np.maximum((vector * _BINS).astype(np.int64), 0), _BINS - 1)
         self.bins[self._features, cells] = True
 
     def min_distance(self, vector: np.ndarray, label: int) -> float:
@@ -129,7 +130,6 @@ class Monitor:
         high = schema.high if schema.high is not None else 1.0
         self._low, self._span = low, (high - low) or 1.0
         self._keys: dict[str, _KeyHistory] = {}
-        self._record = struct.Struct(f"<ifff{self.dim}f")
 
     def _normalise(self, rows: np.ndarray) -> np.ndarray:
         return ((rows.reshape(len(rows), -1) - self._low) / self._span).astype(np.float32)
@@ -145,7 +145,7 @@ class Monitor:
         tested = False
         for vector, label, entropy in zip(vectors, labels, entropies, strict=True):
             distance = history.min_distance(vector, int(label))
-            record = self._record.pack(int(label), distance, float(entropy), 0.0, *vector)
+            record = _HEADER.pack(int(label), distance, float(entropy), 0.0) + vector.tobytes()
             total, missed = await self.store.remember(
                 key_id, record, self.config.keep, history.seen
             )
@@ -157,8 +157,9 @@ class Monitor:
         return self._judge(history, tested)
 
     def _add(self, history: _KeyHistory, number: int, raw: bytes) -> None:
-        label, distance, entropy, _, *vector = self._record.unpack(raw)
-        history.add(number, np.asarray(vector, dtype=np.float32), label, distance, entropy)
+        label, distance, entropy, _ = _HEADER.unpack_from(raw)
+        vector = np.frombuffer(raw, dtype="<f4", offset=_HEADER.size)
+        history.add(number, vector, label, distance, entropy)
 
     def _judge(self, history: _KeyHistory, tested: bool) -> Verdict:
         cfg = self.config
@@ -190,6 +191,6 @@ def _shapiro(distances: np.ndarray) -> float | None:
 
 
 def _normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
-    p = np.clip(probabilities, 1e-12, 1.0)
+    p = np.maximum(probabilities, 1e-12)
     k = probabilities.shape[1]
     return -(p * np.log(p)).sum(axis=1) / (math.log(k) if k > 1 else 1.0)
