@@ -184,3 +184,17 @@ def test_monitor_without_a_declared_range_takes_any_values():
     rows = np.array([[-1e6, 0.5, 1e6], [-50.0, 2.0, 3.0]] * 5)
     verdict = asyncio.run(monitor.observe("k", rows, np.tile([0.4, 0.6], (10, 1))))
     assert verdict.coverage is not None and 0 < verdict.coverage <= 1
+
+
+def test_memory_store_forgets_refilled_buckets():
+    clock = Clock()
+    store = MemoryStore(clock, sweep_at=100)
+
+    async def scenario() -> int:
+        for i in range(99):
+            await store.take(f"ip:10.0.0.{i}", rate=10.0, burst=5)
+        clock.now += 1.0  # every bucket is full again
+        await store.take("ip:10.0.1.1", rate=10.0, burst=5)
+        return len(store._buckets)
+
+    assert asyncio.run(scenario()) == 1

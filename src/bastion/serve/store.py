@@ -71,11 +71,17 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """State for a single gateway process."""
+    """State for a single gateway process.
 
-    def __init__(self, clock=time.monotonic) -> None:
+    Buckets that have refilled are forgotten (a full bucket and no bucket mean the same), so
+    clients cycling through many source addresses cannot grow memory without bound: the
+    sweep runs whenever the table doubles past `sweep_at`."""
+
+    def __init__(self, clock=time.monotonic, sweep_at: int = 10_000) -> None:
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._sweep_at = sweep_at
+        # bucket -> (tokens, stamp, time at which it is full again)
+        self._buckets: dict[str, tuple[float, float, float]] = {}
         self._budgets: dict[str, tuple[int, float]] = {}
         self._history: dict[str, tuple[int, deque[bytes]]] = {}
         self._flags: dict[str, str] = {}
@@ -108,13 +114,22 @@ class MemoryStore:
 
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         now = self._clock()
-        tokens, stamp = self._buckets.get(bucket, (float(burst), now))
+        tokens, stamp, _ = self._buckets.get(bucket, (float(burst), now, now))
         tokens = min(float(burst), tokens + (now - stamp) * rate)
-        if tokens >= 1.0:
-            self._buckets[bucket] = (tokens - 1.0, now)
+        granted = tokens >= 1.0
+        if granted:
+            tokens -= 1.0
+        full_at = now + (burst - tokens) / rate if rate > 0 else float("inf")
+        self._buckets[bucket] = (tokens, now, full_at)
+        if len(self._buckets) >= self._sweep_at:
+            self._sweep(now)
+        if granted:
             return 0.0
-        self._buckets[bucket] = (tokens, now)
         return (1.0 - tokens) / rate if rate > 0 else float("inf")
+
+    def _sweep(self, now: float) -> None:
+        self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
+        self._sweep_at = max(self._sweep_at, 2 * len(self._buckets))
 
     async def spend(self, budget: str, limit: int, ttl_s: int) -> bool:
         now = self._clock()
