@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy bench-evasion
+.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy bench-evasion bench-serve bench-extraction
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,9 @@ bench-privacy: $(STAMP) $(ML_PEERS)
 
 bench-evasion: $(STAMP) $(ML_PEERS)
 	nice -n 10 $(BIN)/python bench/evasion/run.py
+
+bench-serve: $(STAMP)
+	nice -n 10 $(BIN)/python bench/serve/run.py
+
+bench-extraction: $(STAMP) $(ML_PEERS)
+	nice -n 10 $(BIN)/python bench/extraction/run.py

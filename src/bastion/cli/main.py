@@ -10,10 +10,12 @@ from bastion.cli.bom import bom_command
 from bastion.cli.card import card_command, datasheet_command
 from bastion.cli.demo import demo_command
 from bastion.cli.deps import deps_command
+from bastion.cli.extraction import extraction_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.pii import pii_command
 from bastion.cli.privacy import inversion_command, membership_command
 from bastion.cli.scan import scan_command
+from bastion.cli.serve import api_keys_app, serve_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
 app = typer.Typer(
@@ -40,6 +42,9 @@ _data_app.command("pii")(pii_command)
 app.add_typer(_data_app, name="data")
 assess_app.command("membership")(membership_command)
 assess_app.command("inversion")(inversion_command)
+assess_app.command("extraction")(extraction_command)
+app.command("serve")(serve_command)
+app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(assess_app, name="assess")
 
 

@@ -21,6 +21,7 @@ from bastion.errors import InputError
 
 KINDS = (
     "scan", "sign", "verify", "data-diff", "train", "assess", "deploy", "key-event", "document",
+    "serve",
 )
 FIELDS = ("kind", "actor", "time", "subjects", "parents", "details")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
