@@ -112,7 +112,7 @@ def append_command(
     kind: Optional[str] = typer.Option(  # noqa: UP045
         None,
         "--kind",
-        help="scan, sign, verify, data-diff, train, assess, deploy, key-event, document.",
+        help="scan, sign, verify, data-diff, train, assess, deploy, key-event, document, serve.",
     ),
     actor: Optional[str] = typer.Option(None, "--actor", help="Who acted (default: user@host)."),  # noqa: UP045
     time: Optional[str] = typer.Option(None, "--time", help="UTC ISO-8601 (default: now)."),  # noqa: UP045
