@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.data import data_app
 from bastion.cli.demo import demo_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.scan import scan_command
@@ -22,6 +23,7 @@ app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
