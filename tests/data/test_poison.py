@@ -1,0 +1,104 @@
+"""bastion.data.poison on digits with 5% BadNets poison relabelled into one class: the
+backdoor detector finds the poisoned rows from a torch model's penultimate features and from
+the inputs alone; label flips, duplicates and outliers are found by their detectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from bastion.assess.poisoning import Trigger, badnets
+from bastion.data.poison import check_dataset, check_findings
+from bastion.errors import InputError
+from bastion.models.torch_classifier import TorchClassifier
+
+TARGET = 0
+
+
+@pytest.fixture(scope="module")
+def poisoned():
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]  # (n, 1, 8, 8)
+    trigger = Trigger.fit(x, patch=2)
+    return badnets(x, digits.target, 0.05, np.random.default_rng(0), target=TARGET, trigger=trigger)
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 25) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+    optimiser = torch.optim.Adam(net.parameters(), 1e-2)
+    inputs, labels = torch.as_tensor(x), torch.as_tensor(y)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(inputs), 64):
+            batch = order[start : start + 64]
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(net(inputs[batch]), labels[batch]).backward()
+            optimiser.step()
+    return net.eval()
+
+
+def _precision_recall(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    hits = len(np.intersect1d(flagged, truth))
+    return hits / max(len(flagged), 1), hits / len(truth)
+
+
+def test_backdoor_rows_found_in_model_features(poisoned) -> None:
+    net = train_mlp(poisoned.x, poisoned.y)
+    features = TorchClassifier(net, input_shape=(1, 8, 8)).features(poisoned.x)
+    result = check_dataset(
+        poisoned.x, poisoned.y, features=features, seed=0, detectors=("backdoor",)
+    )
+    precision, recall = _precision_recall(result.flagged("backdoor"), poisoned.rows)
+    assert recall >= 0.9 and precision >= 0.8, (precision, recall)
+    assert [c for c, s in result.classes.items() if s["poisoned"]] == [TARGET]
+    assert set(result.classes[TARGET]["trigger_features"]) <= {54, 55, 62, 63}  # the patch
+    findings = check_findings(result, "digits.npz", tuple(range(10)))
+    assert [f.rule_id for f in findings] == ["BST-DATA-011"]
+    assert findings[0].evidence["classes"] == [str(TARGET)]
+
+
+def test_backdoor_rows_found_from_inputs_alone(poisoned) -> None:
+    result = check_dataset(poisoned.x, poisoned.y, seed=1, detectors=("backdoor",))
+    precision, recall = _precision_recall(result.flagged("backdoor"), poisoned.rows)
+    assert recall >= 0.9 and precision >= 0.8, (precision, recall)
+
+
+def test_clean_digits_have_no_backdoor() -> None:
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    result = check_dataset(x, digits.target, seed=0, detectors=("backdoor",))
+    assert len(result.flagged("backdoor")) == 0
+
+
+def test_label_flips_duplicates_and_outliers() -> None:
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 6.0, 0.0], [0.0, 6.0, 6.0]])
+    y = rng.integers(0, 3, 300)
+    x = centres[y] + rng.normal(size=(300, 3))
+    flipped = np.array([3, 50, 120, 200])
+    noisy = y.copy()
+    noisy[flipped] = (noisy[flipped] + 1) % 3
+    x[10] = x[11]  # exact duplicate ...
+    noisy[10] = (noisy[11] + 1) % 3  # ... with a conflicting label
+    x[20] = centres[noisy[20]] + 40.0  # far outside its class
+    result = check_dataset(x, noisy, seed=0, detectors=("labels", "duplicates", "outliers"))
+    issues = set(result.flagged("label_issue").tolist())
+    assert len(issues & set(flipped)) >= 3  # confident learning prunes by estimated noise rate
+    assert issues <= set(flipped) | {10, 11}
+    assert {10, 11} <= set(result.flagged("duplicate").tolist())
+    assert 20 in result.flagged("outlier").tolist()
+    ranked = result.ranked_rows(noisy, ("a", "b", "c"))
+    assert ranked[0]["score"] >= ranked[-1]["score"]
+    assert all(r["reasons"] for r in ranked)
+
+
+def test_mismatched_lengths_are_refused() -> None:
+    with pytest.raises(InputError, match="30 rows of data but 29 labels"):
+        check_dataset(np.zeros((30, 2)), np.zeros(29, dtype=int))
