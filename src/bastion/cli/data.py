@@ -3,8 +3,11 @@ training set look poisoned."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import importlib
+import json
+from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 
 from bastion.cli.common import (
@@ -15,10 +18,14 @@ from bastion.cli.common import (
     friendly_errors,
     parse_severity,
 )
+from bastion.data.dataset import load_dataset
 from bastion.data.diff import DiffPolicy, DiffResult, diff_datasets, diff_findings
-from bastion.errors import UsageError
+from bastion.data.poison import DETECTORS, CheckResult, check_dataset, check_findings
+from bastion.errors import InputError, UsageError
+from bastion.fsutil import atomic_write
 from bastion.govern.events import Event, Subject, default_actor
 from bastion.govern.ledger import record
+from bastion.models.classifier import as_classifier
 from bastion.report import Report
 
 data_app = typer.Typer(
@@ -99,4 +106,135 @@ def diff_command(
         artifacts=[result.details()],
         metrics=result.metrics(),
     )
+    emit(report, fmt, out, threshold)
+
+
+def _load_model(path: str, factory: str | None) -> Any:
+    """A scikit-learn estimator, or a torch module built by FACTORY with the file's weights;
+    the file is scanned (and refused when unsafe) before it is loaded."""
+    from bastion.models import load
+
+    loaded = load(path)
+    if hasattr(loaded, "predict_proba") or hasattr(loaded, "fit"):
+        return loaded
+    if factory is None:
+        raise UsageError(
+            f"{path} holds weights only; name the code that builds the module with "
+            "--model-factory package.module:function"
+        )
+    module_name, _, function = factory.partition(":")
+    try:
+        build = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError, ValueError):
+        raise UsageError(f"--model-factory {factory}: no such importable function") from None
+    module = build()
+    try:
+        module.load_state_dict(loaded)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{path}: weights do not fit the factory's module ({first})") from None
+    return module
+
+
+def _rows_table(rows: list[dict[str, Any]], path: str) -> None:
+    if path.endswith(".json"):
+        atomic_write(path, json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    fields = list(rows[0]) if rows else ["row", "label", "score", "reasons"]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
+
+
+def _score_plot(result: CheckResult, path: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.scores)
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    flagged = np.zeros(result.n_rows, dtype=bool)
+    flagged[result.flagged()] = True
+    for axis, name in zip(axes[0], names, strict=True):
+        scores = result.scores[name]
+        bins = np.linspace(scores.min(), scores.max() + 1e-9, 40)
+        axis.hist(scores[~flagged], bins=bins, color="tab:blue", label="kept")
+        axis.hist(scores[flagged], bins=bins, color="tab:red", label="suspicious")
+        axis.set_yscale("log")
+        axis.set_title(name)
+    axes[0][0].legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.rsplit(".", 1)[-1] if "." in path else "png")
+    plt.close(figure)
+    atomic_write(path, buffer.getvalue())
+
+
+@data_app.command("check")
+@friendly_errors
+def check_command(
+    data: Annotated[str, typer.Option("--data", help="Training data (see docs/data.md).")],
+    label: LabelOption = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model", help="The model trained on it (scanned before loading)."),
+    ] = None,
+    model_factory: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model-factory", help="package.module:function building the torch module."),
+    ] = None,
+    detectors: Annotated[
+        str, typer.Option("--detectors", help="Comma list of: " + ", ".join(DETECTORS))
+    ] = ",".join(DETECTORS),
+    rows_out: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--rows-out", help="Write suspicious rows, ranked (.csv or .json)."),
+    ] = None,
+    plot: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--plot", help="Write a histogram of the detectors' scores (.png)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for folds and clustering.")] = 0,
+    fmt: FormatOption = "table",
+    fail_on: FailOnOption = "high",
+    out: OutOption = None,
+) -> None:
+    """Rank the training rows that look poisoned: label issues, backdoors, duplicates, outliers."""
+    threshold = parse_severity(fail_on)
+    dataset = load_dataset(data, label=label)
+    if dataset.y is None:
+        raise UsageError(f"{data} has no labels; name the label column with --label")
+    chosen = tuple(d.strip() for d in detectors.split(",") if d.strip())
+    estimator, features = None, None
+    if model is not None:
+        loaded = _load_model(model, model_factory)
+        if hasattr(loaded, "predict_proba"):
+            estimator = loaded
+        else:
+            classifier = as_classifier(loaded, input_shape=tuple(dataset.x.shape[1:]))
+            features = classifier.features(dataset.x.astype(np.float32))
+    result = check_dataset(
+        dataset.x, dataset.y, features=features, estimator=estimator, seed=seed, detectors=chosen
+    )
+    rows = result.ranked_rows(dataset.y, dataset.classes)
+    if rows_out:
+        _rows_table(rows, rows_out)
+    if plot:
+        _score_plot(result, plot)
+    findings = check_findings(result, data, dataset.classes)
+    metrics = {
+        "rows": result.n_rows,
+        "suspicious": len(rows),
+        **{f"flagged_{name}": int(flags.sum()) for name, flags in result.flags.items()},
+    }
+    classes = {str(k): v for k, v in result.classes.items() if k >= 0}
+    report = Report(f"data check --data {data}", findings, [{"classes": classes}], metrics)
     emit(report, fmt, out, threshold)

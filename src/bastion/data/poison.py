@@ -6,7 +6,8 @@ outliers, each with a score per row; and a model-level backdoor check for torch 
 - Backdoors: per class, in a feature space (a white-box model's penultimate activations, else
   the standardised inputs): the spectral signature (Tran et al. 2018: squared projection on
   the top singular vector of the centred class features, as a robust z-score within the
-  class) and activation clustering (Chen et al. 2018: 2-means on a 10-d projection; a class
+  class; a ranking score, not a flag) and activation clustering (Chen et al. 2018: 2-means
+  on a 10-d projection; a class
   is poisoned when its smaller cluster is under `cluster_size` of the class, separates with
   silhouette above `min_silhouette`, exclusionary reclassification agrees (a model fitted on
   the inputs without the candidate clusters assigns most of its rows to other classes) and
@@ -45,7 +46,6 @@ class CheckOptions:
     folds: int = 5
     cluster_size: float = 0.35  # ART's ActivationDefence default size threshold
     min_silhouette: float = 0.15
-    spectral_z: float = 4.0
     outlier_z: float = 6.0
     near_duplicate: float = 0.02  # fraction of the median nearest-neighbour distance
     components: int = 10
@@ -282,12 +282,9 @@ def backdoor_rows(
                     f"{trigger.tolist()}",
                 )
         result.classes[int(label)] = stats
-    strong = spectral > options.spectral_z
-    _reason(result, np.flatnonzero(strong), "spectral signature: outlying projection")
     result.scores["spectral"] = spectral
     result.scores["cluster"] = cluster
     result.flags["backdoor"] = flagged
-    result.flags["spectral"] = strong & ~flagged
 
 
 def shared_trigger(x: np.ndarray, members: np.ndarray, share: float) -> np.ndarray:
