@@ -7,6 +7,7 @@ import typer
 from bastion.cli.data import data_app
 from bastion.cli.demo import demo_command
 from bastion.cli.ledger import ledger_app
+from bastion.cli.poisoning import poisoning_command
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
@@ -24,6 +25,10 @@ app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(data_app, name="data")
+# `assess` is shared with other assessments; this group holds poisoning until they merge.
+assess_app = typer.Typer(help="Red-team assessments of a model.", no_args_is_help=True)
+assess_app.command("poisoning")(poisoning_command)
+app.add_typer(assess_app, name="assess")
 
 
 def main() -> None:
