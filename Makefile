@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign
+.PHONY: demo test lint bench-scan bench-sign bench-poison
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,6 @@ bench-scan: $(STAMP) $(PEERS)
 
 bench-sign: $(STAMP) $(PEERS)
 	$(BIN)/python bench/sign/run.py
+
+bench-poison: $(STAMP) $(ML_PEERS)
+	$(BIN)/python bench/poison/run.py

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
-from torch import nn
 
-from bastion.assess.poisoning import Trigger, badnets
 from bastion.data.poison import check_dataset, check_findings
 from bastion.errors import InputError
 from bastion.models.torch_classifier import TorchClassifier
@@ -18,39 +15,14 @@ from bastion.models.torch_classifier import TorchClassifier
 TARGET = 0
 
 
-@pytest.fixture(scope="module")
-def poisoned():
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]  # (n, 1, 8, 8)
-    trigger = Trigger.fit(x, patch=2)
-    return badnets(x, digits.target, 0.05, np.random.default_rng(0), target=TARGET, trigger=trigger)
-
-
-def train_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 25) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
-    )
-    optimiser = torch.optim.Adam(net.parameters(), 1e-2)
-    inputs, labels = torch.as_tensor(x), torch.as_tensor(y)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), 64):
-            batch = order[start : start + 64]
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(net(inputs[batch]), labels[batch]).backward()
-            optimiser.step()
-    return net.eval()
-
-
 def _precision_recall(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     hits = len(np.intersect1d(flagged, truth))
     return hits / max(len(flagged), 1), hits / len(truth)
 
 
-def test_backdoor_rows_found_in_model_features(poisoned) -> None:
-    net = train_mlp(poisoned.x, poisoned.y)
+def test_backdoor_rows_found_in_model_features(poisoned_digits, backdoored_model) -> None:
+    poisoned = poisoned_digits
+    _, net = backdoored_model
     features = TorchClassifier(net, input_shape=(1, 8, 8)).features(poisoned.x)
     result = check_dataset(
         poisoned.x, poisoned.y, features=features, seed=0, detectors=("backdoor",)
@@ -64,7 +36,8 @@ def test_backdoor_rows_found_in_model_features(poisoned) -> None:
     assert findings[0].evidence["classes"] == [str(TARGET)]
 
 
-def test_backdoor_rows_found_from_inputs_alone(poisoned) -> None:
+def test_backdoor_rows_found_from_inputs_alone(poisoned_digits) -> None:
+    poisoned = poisoned_digits
     result = check_dataset(poisoned.x, poisoned.y, seed=1, detectors=("backdoor",))
     precision, recall = _precision_recall(result.flagged("backdoor"), poisoned.rows)
     assert recall >= 0.9 and precision >= 0.8, (precision, recall)

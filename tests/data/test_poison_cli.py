@@ -4,68 +4,23 @@ ranked rows out, the score plot, and one-line errors for bad input."""
 from __future__ import annotations
 
 import csv
-import importlib
 import json
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from sklearn.datasets import load_digits
-from torch import nn
 from typer.testing import CliRunner
 
-from bastion.assess.poisoning import Trigger, badnets
 from bastion.cli.main import app
 
 runner = CliRunner()
 
-FACTORY = textwrap.dedent(
-    """
-    from torch import nn
-
-    def build():
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32),
-                             nn.ReLU(), nn.Linear(32, 10))
-    """
-)
-
-
-def _train(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 25) -> None:
-    torch.manual_seed(0)
-    optimiser = torch.optim.Adam(net.parameters(), 1e-2)
-    inputs, labels = torch.as_tensor(x), torch.as_tensor(y)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), 64):
-            batch = order[start : start + 64]
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(net(inputs[batch]), labels[batch]).backward()
-            optimiser.step()
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("check")
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    poisoned = badnets(
-        x, digits.target, 0.05, np.random.default_rng(0), target=0, trigger=Trigger.fit(x, 2)
-    )
-    np.savez(folder / "train.npz", x=poisoned.x, y=poisoned.y)
-    (folder / "poison_factory.py").write_text(FACTORY)
-    sys.path.insert(0, str(folder))
-    try:
-        net = importlib.import_module("poison_factory").build()
-        _train(net, poisoned.x, poisoned.y)
-        torch.save(net.state_dict(), folder / "model.pt")
-        yield folder, poisoned.rows
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop("poison_factory", None)
+def workspace(poisoned_digits, backdoored_model):
+    folder, _ = backdoored_model
+    np.savez(folder / "train.npz", x=poisoned_digits.x, y=poisoned_digits.y)
+    return folder, poisoned_digits.rows
 
 
 def test_check_with_torch_weights_ranks_the_poisoned_rows(workspace) -> None:

@@ -1,5 +1,5 @@
 """Which training rows look poisoned: label issues, backdoor sub-populations, duplicates and
-outliers, each with a score per row; and a model-level backdoor check for torch models.
+outliers, each with a score per row.
 
 - Label issues: confident learning (cleanlab) on out-of-fold predicted probabilities from
   the user's scikit-learn estimator (cloned) or a default logistic regression.
@@ -15,9 +15,6 @@ outliers, each with a score per row; and a model-level backdoor check for torch 
   a cluster, and rows of its class carrying the same trigger values, are flagged.
 - Exact duplicates (same bytes), near duplicates (nearest neighbour much closer than usual)
   and per-class outliers (robust z of distance to the class centre).
-- Neural Cleanse (Wang et al. 2019): per class, the smallest mask that flips inputs to it;
-  a class whose mask norm is an outlier below the others (MAD anomaly index > 2) is a
-  backdoor target.
 """
 
 from __future__ import annotations
@@ -31,11 +28,10 @@ from bastion.data.rules import (
     BACKDOOR_CLUSTER,
     DUPLICATES,
     LABEL_ISSUES,
-    MODEL_BACKDOOR,
     OUTLIERS,
 )
 from bastion.errors import InputError, UsageError
-from bastion.findings import Finding, Location, Severity
+from bastion.findings import Finding, Location
 
 DETECTORS = ("labels", "backdoor", "duplicates", "outliers")
 MAD_SCALE = 1.4826  # makes the median absolute deviation a standard-deviation estimate
@@ -60,7 +56,6 @@ class CheckResult:
     flags: dict[str, np.ndarray]  # detector -> boolean per row
     reasons: dict[int, list[str]] = field(default_factory=dict)
     classes: dict[int, dict[str, Any]] = field(default_factory=dict)  # per-class statistics
-    trigger: dict[str, Any] | None = None  # Neural Cleanse result, when run
 
     def flagged(self, detector: str | None = None) -> np.ndarray:
         """Row numbers flagged by one detector (or any), most suspicious first."""
@@ -261,7 +256,7 @@ def backdoor_rows(
         if int(label) in candidates:
             members, size, silhouette = candidates[int(label)]
             moved = float(reclassified[members].mean())
-            trigger = shared_trigger(x, members, options.trigger_share)
+            trigger = shared_trigger(x, members, y != label, options.trigger_share)
             stats.update(
                 small_cluster_fraction=round(size, 4),
                 silhouette=round(silhouette, 4),
@@ -287,14 +282,16 @@ def backdoor_rows(
     result.flags["backdoor"] = flagged
 
 
-def shared_trigger(x: np.ndarray, members: np.ndarray, share: float) -> np.ndarray:
+def shared_trigger(
+    x: np.ndarray, members: np.ndarray, others: np.ndarray, share: float
+) -> np.ndarray:
     """Features on which at least `share` of the cluster lies outside the range (1% and 99%
-    quantiles) of all other rows, at one common value (a stamped patch or a set feature, not
-    natural variation): the trigger. Empty when none. The quantiles tolerate the few
-    triggered rows the cluster missed."""
-    rest = np.ones(len(x), dtype=bool)
-    rest[members] = False
-    low, high = np.quantile(x[rest], [0.01, 0.99], axis=0)
+    quantiles) of the rows of other classes (`others`, a mask), at one common value (a
+    stamped patch or a set feature, not natural variation): the trigger. Empty when none.
+    Other classes are the reference because a backdoor relabels every triggered row into
+    the target class, so they hold no trigger, while the target class may hold triggered
+    rows the cluster missed."""
+    low, high = np.quantile(x[others], [0.01, 0.99], axis=0)
     values = x[members]
     outside = np.maximum((values > high).mean(axis=0), (values < low).mean(axis=0))
     span = np.ptp(x, axis=0)
@@ -432,14 +429,4 @@ def check_findings(
                 if stats.get("poisoned")
             ]
         findings.append(rule.finding(f"{len(rows)} {text}", location, evidence=evidence))
-    if result.trigger and result.trigger["suspects"]:
-        findings.append(
-            MODEL_BACKDOOR.finding(
-                f"classes {', '.join(map(str, result.trigger['suspects']))} have an anomalously "
-                "small trigger (Neural Cleanse)",
-                location,
-                severity=Severity.CRITICAL,
-                evidence=result.trigger,
-            )
-        )
     return findings
