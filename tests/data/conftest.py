@@ -27,6 +27,15 @@ FACTORY = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models: extra threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def poisoned_digits() -> Poisoned:
     digits = load_digits()
@@ -55,8 +64,6 @@ def backdoored_model(poisoned_digits, tmp_path_factory: pytest.TempPathFactory):
     """(folder with model.pt and poison_factory.py on sys.path, the trained module)."""
     folder = tmp_path_factory.mktemp("model")
     (folder / "poison_factory.py").write_text(FACTORY)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: threads only contend on a shared machine
     sys.path.insert(0, str(folder))
     try:
         torch.manual_seed(0)
@@ -66,6 +73,27 @@ def backdoored_model(poisoned_digits, tmp_path_factory: pytest.TempPathFactory):
         torch.save(net.state_dict(), folder / "model.pt")
         yield folder, net
     finally:
-        torch.set_num_threads(threads)
         sys.path.remove(str(folder))
         sys.modules.pop("poison_factory", None)
+
+
+@pytest.fixture(scope="session")
+def clean_model() -> nn.Module:
+    """The same MLP trained on the unpoisoned digits."""
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
+            nn.Linear(64, 32),
+            nn.ReLU(),
+            nn.Linear(32, 10),
+        )
+        return _train(net, x, digits.target)
+    finally:
+        torch.set_num_threads(threads)

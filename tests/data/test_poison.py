@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from bastion.data.neural_cleanse import search_triggers
 from bastion.data.poison import check_dataset, check_findings
-from bastion.errors import InputError
+from bastion.errors import InputError, UsageError
 from bastion.models.torch_classifier import TorchClassifier
 
 TARGET = 0
@@ -75,3 +76,28 @@ def test_label_flips_duplicates_and_outliers() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(InputError, match="30 rows of data but 29 labels"):
         check_dataset(np.zeros((30, 2)), np.zeros(29, dtype=int))
+
+
+def test_trigger_search_singles_out_the_backdoor_target(
+    poisoned_digits, backdoored_model, clean_model
+) -> None:
+    clean_x = poisoned_digits.x[
+        np.setdiff1d(np.arange(len(poisoned_digits.x)), poisoned_digits.rows)
+    ]
+    _, net = backdoored_model
+    backdoored = search_triggers(
+        TorchClassifier(net, input_shape=(1, 8, 8), clip_values=(0.0, 1.0)), clean_x, seed=0
+    )
+    assert backdoored.suspects == [TARGET]
+    assert backdoored.norms[TARGET] == backdoored.norms.min()
+    clean = search_triggers(
+        TorchClassifier(clean_model, input_shape=(1, 8, 8), clip_values=(0.0, 1.0)),
+        clean_x,
+        seed=0,
+    )
+    assert clean.suspects == []
+
+
+def test_trigger_search_needs_images() -> None:
+    with pytest.raises(UsageError, match=r"images of shape \(n, C, H, W\)"):
+        search_triggers(object(), np.zeros((5, 3)))

@@ -36,7 +36,7 @@ def test_check_with_torch_weights_ranks_the_poisoned_rows(workspace) -> None:
         "--model-factory",
         "poison_factory:build",
         "--detectors",
-        "backdoor",
+        "backdoor,trigger",
         "--rows-out",
         str(rows_out),
         "--plot",
@@ -47,7 +47,8 @@ def test_check_with_torch_weights_ranks_the_poisoned_rows(workspace) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output  # a high finding at the default --fail-on
     document = json.loads(result.stdout)
-    assert [f["rule_id"] for f in document["findings"]] == ["BST-DATA-011"]
+    assert sorted(f["rule_id"] for f in document["findings"]) == ["BST-DATA-011", "BST-DATA-014"]
+    assert document["artifacts"][1]["trigger_search"]["suspects"] == [0]
     with open(rows_out, newline="") as handle:
         rows = list(csv.DictReader(handle))
     flagged = {int(r["row"]) for r in rows}

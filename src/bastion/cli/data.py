@@ -20,6 +20,7 @@ from bastion.cli.common import (
 )
 from bastion.data.dataset import load_dataset
 from bastion.data.diff import DiffPolicy, DiffResult, diff_datasets, diff_findings
+from bastion.data.neural_cleanse import search_triggers
 from bastion.data.poison import DETECTORS, CheckResult, check_dataset, check_findings
 from bastion.errors import InputError, UsageError
 from bastion.fsutil import atomic_write
@@ -40,6 +41,7 @@ KeyOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--key", help="A column that identifies a row across versions."),
 ]
+CLI_DETECTORS = (*DETECTORS, "trigger")  # trigger: Neural Cleanse, torch image models only
 LedgerOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--ledger", help="Record the result in this ledger (see `bastion ledger`)."),
@@ -192,8 +194,8 @@ def check_command(
         typer.Option("--model-factory", help="package.module:function building the torch module."),
     ] = None,
     detectors: Annotated[
-        str, typer.Option("--detectors", help="Comma list of: " + ", ".join(DETECTORS))
-    ] = ",".join(DETECTORS),
+        str, typer.Option("--detectors", help="Comma list of: " + ", ".join(CLI_DETECTORS))
+    ] = ",".join(CLI_DETECTORS),
     rows_out: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--rows-out", help="Write suspicious rows, ranked (.csv or .json)."),
@@ -213,28 +215,39 @@ def check_command(
     if dataset.y is None:
         raise UsageError(f"{data} has no labels; name the label column with --label")
     chosen = tuple(d.strip() for d in detectors.split(",") if d.strip())
-    estimator, features = None, None
+    estimator, features, triggers = None, None, None
     if model is not None:
         loaded = _load_model(model, model_factory)
         if hasattr(loaded, "predict_proba"):
             estimator = loaded
         else:
-            classifier = as_classifier(loaded, input_shape=tuple(dataset.x.shape[1:]))
-            features = classifier.features(dataset.x.astype(np.float32))
+            x = dataset.x.astype(np.float32)
+            classifier = as_classifier(loaded, input_shape=tuple(x.shape[1:]))
+            features = classifier.features(x)
+            if "trigger" in chosen and x.ndim == 4:  # Neural Cleanse is for image models
+                triggers = search_triggers(classifier, x, seed=seed)
     result = check_dataset(
-        dataset.x, dataset.y, features=features, estimator=estimator, seed=seed, detectors=chosen
+        dataset.x,
+        dataset.y,
+        features=features,
+        estimator=estimator,
+        seed=seed,
+        detectors=tuple(d for d in chosen if d != "trigger"),
     )
     rows = result.ranked_rows(dataset.y, dataset.classes)
     if rows_out:
         _rows_table(rows, rows_out)
     if plot:
         _score_plot(result, plot)
-    findings = check_findings(result, data, dataset.classes)
+    findings = check_findings(result, data, dataset.classes, triggers=triggers)
     metrics = {
         "rows": result.n_rows,
         "suspicious": len(rows),
         **{f"flagged_{name}": int(flags.sum()) for name, flags in result.flags.items()},
     }
     classes = {str(k): v for k, v in result.classes.items() if k >= 0}
-    report = Report(f"data check --data {data}", findings, [{"classes": classes}], metrics)
+    artifacts: list[dict[str, Any]] = [{"classes": classes}]
+    if triggers is not None:
+        artifacts.append({"trigger_search": triggers.to_json()})
+    report = Report(f"data check --data {data}", findings, artifacts, metrics)
     emit(report, fmt, out, threshold)

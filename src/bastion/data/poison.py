@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from bastion.data.neural_cleanse import TriggerSearch
 from bastion.data.rules import (
     BACKDOOR_CLUSTER,
     DUPLICATES,
     LABEL_ISSUES,
+    MODEL_BACKDOOR,
     OUTLIERS,
 )
 from bastion.errors import InputError, UsageError
@@ -406,9 +408,14 @@ def outliers(result: CheckResult, space: np.ndarray, y: np.ndarray, options: Che
 
 
 def check_findings(
-    result: CheckResult, source: str, classes: tuple[object, ...], trigger_rows: int = 10
+    result: CheckResult,
+    source: str,
+    classes: tuple[object, ...],
+    trigger_rows: int = 10,
+    triggers: TriggerSearch | None = None,
 ) -> list[Finding]:
-    """One finding per detector that flagged rows; the rows are in the evidence."""
+    """One finding per detector that flagged rows (the rows are in the evidence), and one
+    for a model whose trigger search found a suspect class."""
     location = Location(source)
     findings = []
     specs = [
@@ -429,4 +436,13 @@ def check_findings(
                 if stats.get("poisoned")
             ]
         findings.append(rule.finding(f"{len(rows)} {text}", location, evidence=evidence))
+    if triggers is not None and triggers.suspects:
+        names = ", ".join(str(_class_name(classes, c)) for c in triggers.suspects)
+        findings.append(
+            MODEL_BACKDOOR.finding(
+                f"the model has an anomalously small trigger for class {names}",
+                location,
+                evidence=triggers.to_json(),
+            )
+        )
     return findings

@@ -6,6 +6,7 @@ from __future__ import annotations
 from bastion.findings import Rule, Severity, Threat, register
 
 _POISON = ("ML02", "AML.T0020")
+_BACKDOOR = ("ML10", "AML.T0018")
 
 
 def _define(
@@ -14,9 +15,10 @@ def _define(
     help_text: str,
     remediation: str,
     severity: Severity,
+    references: tuple[str, ...] = _POISON,
 ) -> Rule:
     return register(
-        Rule(rule_id, name, help_text, remediation, Threat.DATA_POISONING, severity, _POISON)
+        Rule(rule_id, name, help_text, remediation, Threat.DATA_POISONING, severity, references)
     )
 
 
@@ -94,4 +96,15 @@ OUTLIERS = _define(
     "Review the listed outliers and drop those without a known origin; re-check with "
     "`bastion data check --data TRAIN`.",
     Severity.LOW,
+)
+MODEL_BACKDOOR = _define(
+    "BST-DATA-014",
+    "model-backdoor-suspected",
+    "Neural Cleanse-style trigger reverse engineering found a class that a much smaller "
+    "input patch flips inputs to than any other class needs (MAD anomaly index above 2). "
+    "That is the signature of a backdoored model: the patch is a candidate trigger.",
+    "Do not deploy the model. Find the poisoned rows with `bastion data check --data TRAIN "
+    "--model MODEL`, retrain on cleaned data, and re-check the new model the same way.",
+    Severity.CRITICAL,
+    _BACKDOOR,
 )
