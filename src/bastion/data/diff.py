@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from blake3 import blake3
 
 from bastion.data.rowstream import RowChunk, RowSource, open_rows
@@ -196,21 +198,29 @@ def _records(chunk: RowChunk, labels: dict[str, int], first_row: int) -> np.ndar
     hashes = hash_rows(chunk)
     records = np.empty(len(hashes), dtype=RECORD)
     records["c"] = hashes.view(f"V{HASH_BYTES}").reshape(-1)
-    if chunk.labels is None:
-        records["label"] = NO_LABEL
-    else:
-        records["label"] = [labels.setdefault(text, len(labels)) for text in chunk.labels]
+    records["label"] = NO_LABEL if chunk.labels is None else _label_codes(chunk.labels, labels)
     records["key"] = _key_ids(chunk.keys) if chunk.keys is not None else 0
     records["row"] = np.arange(first_row, first_row + len(hashes))
     return records
 
 
-def _key_ids(keys: list[str]) -> np.ndarray:
+def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
+    """Per-dataset label codes (first seen, first coded), without a Python loop per row."""
+    encoded = pc.dictionary_encode(texts)
+    lookup = np.array(
+        [codes.setdefault(text, len(codes)) for text in encoded.dictionary.to_pylist()],
+        dtype=np.int32,
+    )
+    return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _key_ids(keys: pa.Array) -> np.ndarray:
     """64-bit ids for pairing removed and added rows by key; integrity never rests on them
     (the content hash covers the key column)."""
     import pandas as pd
 
-    return pd.util.hash_array(np.asarray(keys, dtype=object)).astype(np.uint64)
+    values = keys.to_numpy(zero_copy_only=False)
+    return pd.util.hash_array(values, categorize=False).astype(np.uint64)
 
 
 def _content_bytes(records: np.ndarray) -> np.ndarray:

@@ -36,8 +36,8 @@ class RowChunk:
 
     data: memoryview | bytes
     offsets: np.ndarray
-    labels: list[str] | None  # one text per row, when the dataset has labels
-    keys: list[str] | None  # one text per row, when rows have an identity (--key, file names)
+    labels: pa.Array | None  # one text per row, when the dataset has labels
+    keys: pa.Array | None  # one text per row, when rows have an identity (--key, file names)
 
 
 @dataclass(frozen=True)
@@ -200,11 +200,11 @@ def _table_chunk(
     if isinstance(joined, pa.ChunkedArray):
         joined = joined.combine_chunks()
     labels = _labels(source, batch.column(label), seen) if label else None
-    keys = _text_column(batch.column(key)).to_pylist() if key else None
+    keys = _text_column(batch.column(key)) if key else None
     return _binary_chunk(joined, labels, keys)
 
 
-def _labels(source: Path, column: pa.Array, seen: int) -> list[str]:
+def _labels(source: Path, column: pa.Array, seen: int) -> pa.Array:
     text = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column
     missing = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text), ""))
     if pc.any(missing).as_py():
@@ -213,10 +213,10 @@ def _labels(source: Path, column: pa.Array, seen: int) -> list[str]:
     if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
         row = seen + int(np.flatnonzero(pc.is_nan(column).to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{source}: label of row {row} is missing (NaN)")
-    return text.to_pylist()
+    return text
 
 
-def _binary_chunk(joined: pa.Array, labels: list[str] | None, keys: list[str] | None) -> RowChunk:
+def _binary_chunk(joined: pa.Array, labels: pa.Array | None, keys: pa.Array | None) -> RowChunk:
     """Zero-copy view of an Arrow string array's value buffer and offsets."""
     _validity, offsets_buffer, data_buffer = joined.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
@@ -249,7 +249,9 @@ def _npz_rows(source: Path) -> RowSource:
             part = np.ascontiguousarray(x[start : start + CHUNK_ROWS])
             offsets = np.arange(len(part) + 1, dtype=np.int64) * width
             labels = (
-                [str(v) for v in y[start : start + CHUNK_ROWS].tolist()] if y is not None else None
+                pc.cast(pa.array(y[start : start + CHUNK_ROWS]), pa.string())
+                if y is not None
+                else None
             )
             yield RowChunk(memoryview(part.reshape(-1).view(np.uint8)), offsets, labels, None)
 
@@ -274,8 +276,8 @@ def _image_rows(source: Path) -> RowSource:
             part = files[start : start + 1024]
             blobs = [_read_image_bytes(file) for _, file in part]
             offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
-            labels = [name for name, _ in part]
-            keys = [file.relative_to(source / name).as_posix() for name, file in part]
+            labels = pa.array([name for name, _ in part], pa.string())
+            keys = pa.array([file.relative_to(source / name).as_posix() for name, file in part])
             yield RowChunk(b"".join(blobs), offsets, labels, keys)
 
     return RowSource(source, "images|label=folder", chunks())
