@@ -13,7 +13,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bastion.cli.main import app
-from bastion.data.diff import DiffPolicy, changed_buckets, diff_datasets, diff_findings
+from bastion.data.diff import (
+    DiffPolicy,
+    changed_nodes,
+    diff_datasets,
+    diff_findings,
+    merkle_levels,
+)
 from bastion.govern.ledger import Ledger
 
 runner = CliRunner()
@@ -117,11 +123,11 @@ def test_root_ignores_row_and_column_order_and_changes_with_content(tmp_path: Pa
         frame.sample(frac=1.0, random_state=3)[list(frame.columns)[::-1]], tmp_path / "b.csv"
     )
     same = diff_datasets(a, b, label="label")
-    assert same.identical and same.buckets_compared == 0
+    assert same.identical and same.leaves_compared == 0
     frame.loc[0, "b"] += 1
     changed = diff_datasets(a, _write(frame, tmp_path / "c.csv"), label="label")
     assert not changed.identical
-    assert changed.buckets_compared <= 2  # the localisation touched only the affected buckets
+    assert changed.leaves_compared <= 2  # the localisation touched only the affected buckets
 
 
 def test_duplicates_count_as_a_multiset(tmp_path: Path) -> None:
@@ -133,13 +139,14 @@ def test_duplicates_count_as_a_multiset(tmp_path: Path) -> None:
     assert len(result.removed) == 2 and len(result.added) == 1
 
 
-def test_changed_buckets_descends_only_where_hashes_differ() -> None:
+def test_changed_nodes_descends_only_where_hashes_differ() -> None:
     leaves = [bytes([i]) * 32 for i in range(256)]
     edited = list(leaves)
     edited[17] = b"\xff" * 32
     edited[200] = b"\xfe" * 32
-    assert changed_buckets(leaves, edited) == [17, 200]
-    assert changed_buckets(leaves, leaves) == []
+    tree, edited_tree = merkle_levels(leaves), merkle_levels(edited)
+    assert changed_nodes(tree, edited_tree) == [17, 200]
+    assert changed_nodes(tree, tree) == []
 
 
 def test_npz_and_image_folder_diffs(tmp_path: Path) -> None:
@@ -217,3 +224,15 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, make, extra, message) 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_spilling_to_disk_gives_the_same_answer(tmp_path: Path, versions, monkeypatch) -> None:
+    old, new, _ = versions
+    o, n = _write(old, tmp_path / "o.csv"), _write(new, tmp_path / "n.csv")
+    in_memory = diff_datasets(o, n, label="label", key="id")
+    monkeypatch.setattr("bastion.data.diff.SPILL_BYTES", 2000)
+    spilled = diff_datasets(o, n, label="label", key="id", workdir=tmp_path)
+    assert spilled.old.root == in_memory.old.root and spilled.new.root == in_memory.new.root
+    assert spilled.modified == in_memory.modified
+    assert spilled.added.tolist() == in_memory.added.tolist()
+    assert not list(tmp_path.glob("bastion-diff-*"))  # the spill folder is removed

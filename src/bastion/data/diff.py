@@ -1,14 +1,16 @@
 """What changed between two versions of a dataset, row by row, in bounded memory.
 
-Each row is hashed (BLAKE3, first 16 bytes) from its canonical bytes (see `rowstream`); the
-label is kept beside the hash as text. Rows go to one of 256 buckets by the first byte of
-their hash, spilled to a temporary folder, so memory holds one chunk at a time. A bucket's
-digest covers its sorted (content hash, label hash) entries and its size, so a dataset's
-digest does not depend on row order; a Merkle tree over the 256 bucket digests gives the
-dataset root. Two equal roots mean equal datasets (O(1)); otherwise descending the tree
-where hashes differ finds the changed buckets in O(log 256) steps each, and only those are
-compared entry by entry (a multiset difference, so duplicated rows count). Bucket digests,
-the Merkle tree and the root use SHA-256, so the root is a digest the ledger records as is.
+Each row's canonical bytes (see `rowstream`) get a 128-bit id computed for a whole chunk
+at once in numpy; the label is kept beside it as text. Rows (id record + bytes) are spilled
+to 256 bucket files by the id's first byte, so memory holds one chunk at a time. Each bucket
+splits into 256 leaves by the id's second byte: 65536 leaves. A leaf's digest is BLAKE3 over
+its rows' bytes and label hashes in canonical order (sorted by id, then label), so it
+commits to the exact multiset of rows whatever their order; the ids only sort and bucket
+(a collision can cost work, never hide a change). A SHA-256 Merkle tree over the leaves
+gives the dataset root, a digest the ledger records as is. Two equal roots mean equal
+datasets (O(1)); otherwise descending the tree where hashes differ finds each changed leaf
+in O(log 65536) steps, and only the rows of changed leaves are hashed one by one (BLAKE3)
+and compared as multisets, so duplicated rows count.
 
 Pairing rule for "modified": a removed and an added row are one modified row when they
 share the `--key` value; without a key, when they share the same content (all non-label
@@ -35,9 +37,16 @@ from bastion.data.rowstream import RowChunk, RowSource, open_rows
 from bastion.data.rules import CLASS_SHIFT, LABELS_CHANGED, ROWS_CHANGED, SCHEMA_CHANGED
 from bastion.findings import Finding, Location
 
-BUCKETS = 256
+BUCKETS = 256  # spill files, by the first byte of the row id
+LEAVES_PER_BUCKET = 256  # Merkle leaves per file, by the second byte: 65536 leaves in all
 HASH_BYTES = 16
-RECORD = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
+FAST_WIDTH = 512  # rows up to this many bytes get the vectorised id; longer ones BLAKE3
+RECORD = np.dtype(
+    [("id", "<u8", (2,)), ("label", "<i4"), ("key", "<u8"), ("row", "<i8"), ("length", "<i8")]
+)
+CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
+SPILL_BYTES = 256 << 20  # rows held in memory before buckets go to disk
+EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
 NO_LABEL = -1
 EXAMPLES = 20
 
@@ -58,8 +67,9 @@ class DatasetDigest:
     root: str  # "sha256:<hex>" over the schema and the bucket Merkle tree
     schema: str
     class_counts: dict[str, int]
-    buckets: list[bytes] = field(repr=False, default_factory=list)  # Merkle leaves
-    records: Path | None = field(repr=False, default=None)  # folder of bucket files
+    leaves: list[bytes] = field(repr=False, default_factory=list)  # 65536 leaf digests
+    tree: list[list[bytes]] = field(repr=False, default_factory=list)  # over the 256 buckets
+    spill: Spill | None = field(repr=False, default=None)  # the rows, by bucket
     labels: list[str] = field(repr=False, default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -78,7 +88,7 @@ class DiffResult:
     added: np.ndarray  # new row numbers
     removed: np.ndarray  # old row numbers
     modified: list[tuple[int, int, str | None, str | None]]  # old row, new row, old/new label
-    buckets_compared: int
+    leaves_compared: int
 
     @property
     def identical(self) -> bool:
@@ -112,7 +122,7 @@ class DiffResult:
             "removed": len(self.removed),
             "modified": len(self.modified),
             "label_changes": sum(self.label_changes.values()),
-            "buckets_compared": self.buckets_compared,
+            "leaves_compared": self.leaves_compared,
         }
 
     def details(self) -> dict[str, Any]:
@@ -145,63 +155,156 @@ def diff_datasets(
     with tempfile.TemporaryDirectory(prefix="bastion-diff-", dir=workdir) as spill:
         old_digest = digest_dataset(open_rows(old, label=label, key=key), Path(spill) / "old")
         new_digest = digest_dataset(open_rows(new, label=label, key=key), Path(spill) / "new")
-        changed = changed_buckets(old_digest.buckets, new_digest.buckets)
+        changed = changed_leaves(old_digest, new_digest)
         removed, added = _bucket_differences(old_digest, new_digest, changed)
     removed_rows, added_rows, modified = _pair(removed, added, old_digest, new_digest, key)
     return DiffResult(old_digest, new_digest, added_rows, removed_rows, modified, len(changed))
 
 
-def digest_dataset(rows: RowSource, spill: Path) -> DatasetDigest:
-    """Hash every row into bucket files under `spill`; return the dataset's digest."""
-    spill.mkdir(parents=True)
-    handles = [open(spill / f"{b:03d}", "wb") for b in range(BUCKETS)]  # noqa: SIM115
+class Spill:
+    """Rows by bucket: held in memory, and written to per-bucket files in `folder` only once
+    they pass `limit` bytes, so small datasets never touch the disk and large ones stay
+    within bounded memory."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder, self.limit, self.held = folder, limit, 0
+        self.parts: list[list[tuple[np.ndarray, bytes]]] = [[] for _ in range(BUCKETS)]
+        self.on_disk: set[int] = set()
+
+    def add(self, bucket: int, records: np.ndarray, data: bytes) -> None:
+        self.parts[bucket].append((records, data))
+        self.held += records.nbytes + len(data)
+        if self.held > self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for bucket, parts in enumerate(self.parts):
+            if not parts:
+                continue
+            with (
+                open(self.folder / f"{bucket:03d}.rec", "ab") as records_file,
+                open(self.folder / f"{bucket:03d}.bin", "ab") as bytes_file,
+            ):
+                for records, data in parts:
+                    records_file.write(records.tobytes())
+                    bytes_file.write(data)
+            self.on_disk.add(bucket)
+            parts.clear()
+        self.held = 0
+
+    def read(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        records = [r for r, _ in self.parts[bucket]]
+        data = [np.frombuffer(d, np.uint8) for _, d in self.parts[bucket]]
+        if bucket in self.on_disk:
+            records.insert(0, np.fromfile(self.folder / f"{bucket:03d}.rec", dtype=RECORD))
+            data.insert(0, np.fromfile(self.folder / f"{bucket:03d}.bin", dtype=np.uint8))
+        return (
+            np.concatenate(records) if records else np.empty(0, RECORD),
+            np.concatenate(data) if data else np.zeros(0, np.uint8),
+        )
+
+
+def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
+    """Bucket every row (record + bytes), spilling to `spill_folder` when large; digest."""
+    spill = Spill(spill_folder, SPILL_BYTES)
     labels: dict[str, int] = {}
     counts: Counter[int] = Counter()
     total = 0
-    try:
-        for chunk in rows.chunks:
-            records = _records(chunk, labels, total)
-            labelled = records["label"][records["label"] != NO_LABEL]
-            counts.update(dict(enumerate(np.bincount(labelled).tolist())))
-            _spill(records, handles)
-            total += len(records)
-    finally:
-        for handle in handles:
-            handle.close()
+    for chunk in rows.chunks:
+        records, blob = _records(chunk, labels, total)
+        labelled = records["label"][records["label"] != NO_LABEL]
+        counts.update(dict(enumerate(np.bincount(labelled).tolist())))
+        _spill(records, blob, spill)
+        total += len(records)
     names = list(labels)
-    leaves = [_bucket_digest(_read_bucket(spill, b), names) for b in range(BUCKETS)]
-    root = sha256(b"bastion-dataset-v1\0" + rows.schema.encode() + b"\0" + merkle_root(leaves))
+    leaves: list[bytes] = []
+    for bucket in range(BUCKETS):
+        leaves.extend(_leaf_digests(*spill.read(bucket), _label_ids(names)))
+    tree = merkle_levels(_bucket_nodes(leaves))
+    root = sha256(b"bastion-dataset-v2\0" + rows.schema.encode() + b"\0" + tree[-1][0])
     return DatasetDigest(
         path=str(rows.path),
         rows=total,
         root="sha256:" + root.hexdigest(),
         schema=rows.schema,
         class_counts={names[code]: int(n) for code, n in sorted(counts.items()) if n},
-        buckets=leaves,
-        records=spill,
+        leaves=leaves,
+        tree=tree,
+        spill=spill,
         labels=names,
     )
 
 
-def hash_rows(chunk: RowChunk) -> np.ndarray:
-    """BLAKE3 (16 bytes) of each row's canonical bytes, as an (n, 16) uint8 array."""
-    data = chunk.data
-    starts = chunk.offsets[:-1].tolist()
-    ends = chunk.offsets[1:].tolist()
-    joined = b"".join(
-        [blake3(data[s:e]).digest(HASH_BYTES) for s, e in zip(starts, ends, strict=True)]
+def _binary(data: Any, offsets: np.ndarray) -> pa.Array:
+    """Rows as an Arrow large_binary array over the chunk's bytes (zero-copy where it can)."""
+    base = int(offsets[0])
+    body = memoryview(data)[base : int(offsets[-1])]
+    return pa.Array.from_buffers(
+        pa.large_binary(),
+        len(offsets) - 1,
+        [None, pa.py_buffer((offsets - base).astype(np.int64)), pa.py_buffer(body)],
     )
-    return np.frombuffer(joined, dtype=np.uint8).reshape(-1, HASH_BYTES)
 
 
-def _records(chunk: RowChunk, labels: dict[str, int], first_row: int) -> np.ndarray:
-    hashes = hash_rows(chunk)
-    records = np.empty(len(hashes), dtype=RECORD)
-    records["c"] = hashes.view(f"V{HASH_BYTES}").reshape(-1)
+def _fmix(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: every input bit affects every output bit."""
+    values = values ^ (values >> np.uint64(33))
+    values = values * np.uint64(0xFF51AFD7ED558CCD)
+    values = values ^ (values >> np.uint64(33))
+    values = values * np.uint64(0xC4CEB9FE1A85EC53)
+    return values ^ (values >> np.uint64(33))
+
+
+def row_ids(rows: pa.Array) -> np.ndarray:
+    """A 128-bit id per row, (n, 2) uint64, computed for all rows at once: short rows are
+    zero-padded to 8-byte words and mixed word by word; rows over FAST_WIDTH bytes take
+    BLAKE3's first 16 bytes. Ids order and bucket rows; they are not the integrity check
+    (the leaf digests hash the bytes themselves)."""
+    n = len(rows)
+    ids = np.zeros((n, 2), dtype=np.uint64)
+    if n == 0:
+        return ids
+    _, offsets_buffer, data_buffer = rows.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64)[rows.offset : rows.offset + n + 1]
+    raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    long_rows = np.flatnonzero(lengths > FAST_WIDTH)
+    for row in long_rows.tolist():
+        digest = blake3(raw[offsets[row] : offsets[row + 1]]).digest(HASH_BYTES)
+        ids[row] = np.frombuffer(digest, np.uint64)
+    short = lengths <= FAST_WIDTH
+    if not short.any():
+        return ids
+    width = max(8, int(-(-int(lengths[short].max()) // 8) * 8))
+    padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(width, np.uint8)])
+    starts = (offsets[:-1] - offsets[0])[short]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
+    windows[np.arange(width)[None, :] >= lengths[short][:, None]] = 0
+    words = windows.view("<u8")
+    size = lengths[short].astype(np.uint64)
+    first = _fmix(size ^ np.uint64(0x9E3779B97F4A7C15))
+    second = _fmix(size ^ np.uint64(0xC2B2AE3D27D4EB4F))
+    for column in range(words.shape[1]):
+        word = words[:, column]
+        first = _fmix(first ^ word)
+        second = _fmix((second + word) * np.uint64(0x87C37B91114253D5))
+    ids[short, 0], ids[short, 1] = first, second
+    return ids
+
+
+def _records(
+    chunk: RowChunk, labels: dict[str, int], first_row: int
+) -> tuple[np.ndarray, pa.Array]:
+    rows = _binary(chunk.data, chunk.offsets)
+    ids = row_ids(rows)
+    records = np.empty(len(ids), dtype=RECORD)
+    records["id"] = ids
     records["label"] = NO_LABEL if chunk.labels is None else _label_codes(chunk.labels, labels)
     records["key"] = _key_ids(chunk.keys) if chunk.keys is not None else 0
-    records["row"] = np.arange(first_row, first_row + len(hashes))
-    return records
+    records["row"] = np.arange(first_row, first_row + len(ids))
+    records["length"] = np.diff(chunk.offsets)
+    return records, rows
 
 
 def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
@@ -216,48 +319,81 @@ def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
 
 def _key_ids(keys: pa.Array) -> np.ndarray:
     """64-bit ids for pairing removed and added rows by key; integrity never rests on them
-    (the content hash covers the key column)."""
+    (the row bytes include the key column)."""
     import pandas as pd
 
     values = keys.to_numpy(zero_copy_only=False)
     return pd.util.hash_array(values, categorize=False).astype(np.uint64)
 
 
-def _content_bytes(records: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(records["c"]).view(np.uint8).reshape(-1, HASH_BYTES)
+def _label_ids(names: list[str]) -> np.ndarray:
+    """(k + 1, 2) uint64: BLAKE3 of each label's text; the last row (code -1) is no label, so
+    a leaf names labels by text, not by a code that depends on the order they were seen."""
+    table = np.zeros((len(names) + 1, 2), dtype=np.uint64)
+    for code, text in enumerate(names):
+        table[code] = np.frombuffer(blake3(text.encode()).digest(HASH_BYTES), np.uint64)
+    return table
 
 
-def _spill(records: np.ndarray, handles: list) -> None:
-    buckets = _content_bytes(records)[:, 0]
+def _spill(records: np.ndarray, rows: pa.Array, spill: Spill) -> None:
+    buckets = (records["id"][:, 0] >> np.uint64(56)).astype(np.int64)
     order = np.argsort(buckets, kind="stable")
     bounds = np.searchsorted(buckets[order], np.arange(BUCKETS + 1))
     ordered = records[order]
-    for b in np.flatnonzero(np.diff(bounds)):
-        handles[b].write(ordered[bounds[b] : bounds[b + 1]].tobytes())
+    taken = pc.take(rows, pa.array(order))
+    _, offsets_buffer, data_buffer = taken.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64)[taken.offset : taken.offset + len(taken) + 1]
+    data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+    for b in np.flatnonzero(np.diff(bounds)).tolist():
+        lo, hi = bounds[b], bounds[b + 1]
+        spill.add(b, ordered[lo:hi], bytes(data[offsets[lo] : offsets[hi]]))
 
 
-def _read_bucket(spill: Path, bucket: int) -> np.ndarray:
-    return np.fromfile(spill / f"{bucket:03d}", dtype=RECORD)
+def _leaf_of(records: np.ndarray) -> np.ndarray:
+    return ((records["id"][:, 0] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
 
 
-def _entries(records: np.ndarray, names: list[str]) -> np.ndarray:
-    """(n, 32) bytes per row: content hash then label hash, so the entry names the label
-    by its text, not by a code that depends on the order labels were first seen."""
-    label_hashes = np.zeros((len(names) + 1, HASH_BYTES), dtype=np.uint8)  # last: no label
-    for code, text in enumerate(names):
-        label_hashes[code] = np.frombuffer(blake3(text.encode()).digest(HASH_BYTES), np.uint8)
-    return np.hstack([_content_bytes(records), label_hashes[records["label"]]])
+def _sorted_bucket(
+    records: np.ndarray, data: np.ndarray, label_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bucket in canonical order (row id, then label): records, label ids, row offsets
+    and the row bytes, so that equal multisets of rows give equal bytes."""
+    labels = label_ids[records["label"]]
+    order = np.argsort(records["id"][:, 0], kind="stable")
+    first = records["id"][order, 0]
+    if len(first) > 1 and np.any(first[1:] == first[:-1]):  # duplicates: order them fully
+        order = np.lexsort((labels[:, 1], labels[:, 0], records["id"][:, 1], records["id"][:, 0]))
+    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    np.cumsum(records["length"], out=offsets[1:])
+    rows = _binary(data, offsets)
+    taken = pc.take(rows, pa.array(order))
+    _, offsets_buffer, data_buffer = taken.buffers()
+    sorted_offsets = np.frombuffer(offsets_buffer, np.int64)[: len(order) + 1]
+    sorted_data = (
+        np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    )
+    return records[order], labels[order], sorted_offsets, sorted_data
+
+
+def _leaf_digests(records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> list[bytes]:
+    """BLAKE3 of each leaf: its row count, the rows' lengths, bytes and label hashes."""
+    ordered, labels, offsets, body = _sorted_bucket(records, data, label_ids)
+    bounds = np.searchsorted(_leaf_of(ordered), np.arange(LEAVES_PER_BUCKET + 1))
+    lengths = ordered["length"]
+    digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
+    for leaf in np.flatnonzero(np.diff(bounds)).tolist():
+        lo, hi = int(bounds[leaf]), int(bounds[leaf + 1])
+        hasher = blake3((hi - lo).to_bytes(8, "big"))
+        hasher.update(lengths[lo:hi].tobytes())
+        hasher.update(body[offsets[lo] : offsets[hi]])
+        hasher.update(labels[lo:hi].tobytes())
+        digests[leaf] = hasher.digest()
+    return digests
 
 
 def _sort_order(entries: np.ndarray) -> np.ndarray:
-    words = entries.view(">u8")  # four big-endian words: lexicographic byte order
+    words = entries.view(">u8")  # big-endian words: lexicographic byte order
     return np.lexsort(words.T[::-1])
-
-
-def _bucket_digest(records: np.ndarray, names: list[str]) -> bytes:
-    entries = _entries(records, names)
-    ordered = entries[_sort_order(entries)]
-    return sha256(len(records).to_bytes(8, "big") + ordered.tobytes()).digest()
 
 
 def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
@@ -270,41 +406,83 @@ def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
     return levels
 
 
-def merkle_root(leaves: list[bytes]) -> bytes:
-    return merkle_levels(leaves)[-1][0]
+def _bucket_nodes(leaves: list[bytes]) -> list[bytes]:
+    """The tree's bottom level: one node per bucket over its 256 leaf digests (a 256-ary
+    level under the binary tree, so the tree costs 256 nodes, not 65536)."""
+    return [
+        sha256(
+            b"\2" + b"".join(leaves[b * LEAVES_PER_BUCKET : (b + 1) * LEAVES_PER_BUCKET])
+        ).digest()
+        for b in range(BUCKETS)
+    ]
 
 
-def changed_buckets(old: list[bytes], new: list[bytes]) -> list[int]:
-    """Leaves whose digests differ, found by descending only into differing subtrees."""
-    old_levels, new_levels = merkle_levels(old), merkle_levels(new)
+def changed_nodes(old: list[list[bytes]], new: list[list[bytes]]) -> list[int]:
+    """Bottom nodes whose hashes differ, found by descending only into differing subtrees
+    of two trees given as levels (bottom first, root last)."""
     frontier = [0]
-    for depth in range(len(old_levels) - 1, 0, -1):
+    for depth in range(len(old) - 1, 0, -1):
         frontier = [
             child
             for node in frontier
-            if old_levels[depth][node] != new_levels[depth][node]
+            if old[depth][node] != new[depth][node]
             for child in (2 * node, 2 * node + 1)
         ]
-    return [leaf for leaf in frontier if old_levels[0][leaf] != new_levels[0][leaf]]
+    return [node for node in frontier if old[0][node] != new[0][node]]
+
+
+def changed_leaves(old: DatasetDigest, new: DatasetDigest) -> list[int]:
+    """Changed buckets by tree descent, then the changed leaves inside each."""
+    return [
+        leaf
+        for bucket in changed_nodes(old.tree, new.tree)
+        for leaf in range(bucket * LEAVES_PER_BUCKET, (bucket + 1) * LEAVES_PER_BUCKET)
+        if old.leaves[leaf] != new.leaves[leaf]
+    ]
 
 
 def _bucket_differences(
-    old: DatasetDigest, new: DatasetDigest, buckets: list[int]
+    old: DatasetDigest, new: DatasetDigest, leaves: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the changed leaves only, compared by BLAKE3 of their bytes and their label."""
     removed, added = [], []
-    for bucket in buckets:
-        old_records = _read_bucket(old.records, bucket)
-        new_records = _read_bucket(new.records, bucket)
+    by_bucket: dict[int, list[int]] = {}
+    for leaf in leaves:
+        by_bucket.setdefault(leaf // LEAVES_PER_BUCKET, []).append(leaf % LEAVES_PER_BUCKET)
+    for bucket, wanted in by_bucket.items():
+        old_rows = _changed_rows(old, bucket, wanted)
+        new_rows = _changed_rows(new, bucket, wanted)
         gone, came = _multiset_difference(
-            _entries(old_records, old.labels), _entries(new_records, new.labels)
+            _entries(old_rows, _label_ids(old.labels)), _entries(new_rows, _label_ids(new.labels))
         )
-        removed.append(old_records[gone])
-        added.append(new_records[came])
-    empty = np.empty(0, dtype=RECORD)
+        removed.append(old_rows[gone])
+        added.append(new_rows[came])
+    empty = np.empty(0, dtype=CHANGED)
     return (
         np.concatenate(removed) if removed else empty,
         np.concatenate(added) if added else empty,
     )
+
+
+def _changed_rows(digest: DatasetDigest, bucket: int, leaves: list[int]) -> np.ndarray:
+    records, data = digest.spill.read(bucket)
+    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    np.cumsum(records["length"], out=offsets[1:])
+    picked = np.flatnonzero(np.isin(_leaf_of(records), leaves))
+    hashes = b"".join(
+        blake3(data[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in picked.tolist()
+    )
+    rows = np.empty(len(picked), dtype=CHANGED)
+    rows["c"] = np.frombuffer(hashes, dtype=f"V{HASH_BYTES}")
+    for name in ("label", "key", "row"):
+        rows[name] = records[name][picked]
+    return rows
+
+
+def _entries(rows: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """(n, 32) bytes per row: content hash, then label hash."""
+    content = np.ascontiguousarray(rows["c"]).view(np.uint8).reshape(-1, HASH_BYTES)
+    return np.hstack([content, label_ids[rows["label"]].view(np.uint8).reshape(-1, HASH_BYTES)])
 
 
 def _multiset_difference(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -178,8 +178,12 @@ def _text_column(column: pa.Array) -> pa.Array:
             column = pc.cast(column, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise InputError(f"cannot compare values of type {column.type}") from None
-    escaped = pc.replace_substring(column, "\\", "\\\\")
-    return pc.replace_substring(escaped, SEPARATOR, "\\u001f")
+    # Scanning is cheaper than rewriting: escape only columns that hold either character.
+    if pc.any(pc.match_substring(column, "\\")).as_py():
+        column = pc.replace_substring(column, "\\", "\\\\")
+    if pc.any(pc.match_substring(column, SEPARATOR)).as_py():
+        column = pc.replace_substring(column, SEPARATOR, "\\u001f")
+    return column
 
 
 def _table_chunk(
