@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign bench-poison
+.PHONY: demo test lint bench-scan bench-sign bench-poison bench-diff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,6 @@ bench-sign: $(STAMP) $(PEERS)
 
 bench-poison: $(STAMP) $(ML_PEERS)
 	$(BIN)/python bench/poison/run.py
+
+bench-diff: $(STAMP)
+	$(BIN)/python bench/diff/run.py

@@ -91,3 +91,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, write, extra, message) -> 
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_detector_choice_is_checked(workspace) -> None:
+    folder, _ = workspace
+    data = str(folder / "train.npz")
+    unknown = runner.invoke(app, ["data", "check", "--data", data, "--detectors", "magic"])
+    assert unknown.exit_code == 2 and "unknown detector(s) magic" in unknown.output
+    none_left = runner.invoke(app, ["data", "check", "--data", data, "--detectors", "trigger"])
+    assert none_left.exit_code == 0, none_left.output  # the trigger search needs --model

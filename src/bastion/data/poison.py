@@ -7,8 +7,8 @@ outliers, each with a score per row.
   the standardised inputs): the spectral signature (Tran et al. 2018: squared projection on
   the top singular vector of the centred class features, as a robust z-score within the
   class; a ranking score, not a flag) and activation clustering (Chen et al. 2018: 2-means
-  on a 10-d projection; a class
-  is poisoned when its smaller cluster is under `cluster_size` of the class, separates with
+  on a 10-d projection; a class is poisoned when its smaller cluster is under
+  `cluster_size` of the class, separates with
   silhouette above `min_silhouette`, exclusionary reclassification agrees (a model fitted on
   the inputs without the candidate clusters assigns most of its rows to other classes) and
   the cluster shares out-of-range values on some input features: the trigger). Rows of such
@@ -61,17 +61,22 @@ class CheckResult:
 
     def flagged(self, detector: str | None = None) -> np.ndarray:
         """Row numbers flagged by one detector (or any), most suspicious first."""
-        mask = (
-            self.flags[detector]
-            if detector
-            else np.any(np.stack(list(self.flags.values())), axis=0)
-        )
+        if detector:
+            mask = self.flags[detector]
+        else:
+            mask = np.zeros(self.n_rows, dtype=bool)
+            for flags in self.flags.values():
+                mask |= flags
         rows = np.flatnonzero(mask)
         return rows[np.argsort(-self.suspicion()[rows], kind="stable")]
 
     def suspicion(self) -> np.ndarray:
-        """One score per row to rank by: the largest of the detectors' scores."""
-        return np.max(np.stack([np.nan_to_num(s) for s in self.scores.values()]), axis=0)
+        """One score per row to rank by: the largest of the detectors' scores (each is 0 for
+        an unremarkable row and grows with how unusual the row is)."""
+        suspicion = np.zeros(self.n_rows)
+        for scores in self.scores.values():
+            suspicion = np.maximum(suspicion, np.nan_to_num(scores))
+        return suspicion
 
     def ranked_rows(self, labels: np.ndarray, classes: tuple[object, ...]) -> list[dict[str, Any]]:
         suspicion = self.suspicion()
