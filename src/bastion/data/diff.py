@@ -45,6 +45,7 @@ RECORD = np.dtype(
     [("id", "<u8", (2,)), ("label", "<i4"), ("key", "<u8"), ("row", "<i8"), ("length", "<i8")]
 )
 CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
+ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 SPILL_BYTES = 256 << 20  # rows held in memory before buckets go to disk
 EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
 NO_LABEL = -1
@@ -168,10 +169,10 @@ class Spill:
 
     def __init__(self, folder: Path, limit: int) -> None:
         self.folder, self.limit, self.held = folder, limit, 0
-        self.parts: list[list[tuple[np.ndarray, bytes]]] = [[] for _ in range(BUCKETS)]
+        self.parts: list[list[tuple[np.ndarray, memoryview]]] = [[] for _ in range(BUCKETS)]
         self.on_disk: set[int] = set()
 
-    def add(self, bucket: int, records: np.ndarray, data: bytes) -> None:
+    def add(self, bucket: int, records: np.ndarray, data: memoryview) -> None:
         self.parts[bucket].append((records, data))
         self.held += records.nbytes + len(data)
         if self.held > self.limit:
@@ -279,14 +280,15 @@ def row_ids(rows: pa.Array) -> np.ndarray:
     width = max(8, int(-(-int(lengths[short].max()) // 8) * 8))
     padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(width, np.uint8)])
     starts = (offsets[:-1] - offsets[0])[short]
-    windows = np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
-    windows[np.arange(width)[None, :] >= lengths[short][:, None]] = 0
-    words = windows.view("<u8")
-    size = lengths[short].astype(np.uint64)
-    first = _fmix(size ^ np.uint64(0x9E3779B97F4A7C15))
-    second = _fmix(size ^ np.uint64(0xC2B2AE3D27D4EB4F))
+    words = np.lib.stride_tricks.sliding_window_view(padded, width)[starts].view("<u8")
+    size = lengths[short]
+    first = _fmix(size.astype(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
+    second = _fmix(size.astype(np.uint64) ^ np.uint64(0xC2B2AE3D27D4EB4F))
     for column in range(words.shape[1]):
-        word = words[:, column]
+        # keep only this row's bytes of the word: the window runs into the next row
+        valid = np.clip(size - 8 * column, 0, 8).astype(np.uint64)
+        keep = np.where(valid == 8, ALL_ONES, (np.uint64(1) << (valid * np.uint64(8))) - 1)
+        word = words[:, column] & keep
         first = _fmix(first ^ word)
         second = _fmix((second + word) * np.uint64(0x87C37B91114253D5))
     ids[short, 0], ids[short, 1] = first, second
@@ -320,10 +322,7 @@ def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
 def _key_ids(keys: pa.Array) -> np.ndarray:
     """64-bit ids for pairing removed and added rows by key; integrity never rests on them
     (the row bytes include the key column)."""
-    import pandas as pd
-
-    values = keys.to_numpy(zero_copy_only=False)
-    return pd.util.hash_array(values, categorize=False).astype(np.uint64)
+    return row_ids(pc.cast(keys, pa.large_binary()))[:, 0]
 
 
 def _label_ids(names: list[str]) -> np.ndarray:
@@ -346,7 +345,7 @@ def _spill(records: np.ndarray, rows: pa.Array, spill: Spill) -> None:
     data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
     for b in np.flatnonzero(np.diff(bounds)).tolist():
         lo, hi = bounds[b], bounds[b + 1]
-        spill.add(b, ordered[lo:hi], bytes(data[offsets[lo] : offsets[hi]]))
+        spill.add(b, ordered[lo:hi], data[offsets[lo] : offsets[hi]])  # a view, no copy
 
 
 def _leaf_of(records: np.ndarray) -> np.ndarray:
