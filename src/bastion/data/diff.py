@@ -1,8 +1,9 @@
 """What changed between two versions of a dataset, row by row, in bounded memory.
 
 Each row's canonical bytes (see `rowstream`) get a 128-bit id computed for a whole chunk
-at once in numpy; the label is kept beside it as text. Rows (id record + bytes) are spilled
-to 256 bucket files by the id's first byte, so memory holds one chunk at a time. Each bucket
+at once in numpy; the label is kept beside it as text. Rows (id record + bytes) go to 256
+buckets by the id's first byte, held in memory up to SPILL_BYTES and spilled to per-bucket
+files beyond, so memory stays bounded whatever the size of the data. Each bucket
 splits into 256 leaves by the id's second byte: 65536 leaves. A leaf's digest is BLAKE3 over
 its rows' bytes and label hashes in canonical order (sorted by id, then label), so it
 commits to the exact multiset of rows whatever their order; the ids only sort and bucket
@@ -46,7 +47,7 @@ RECORD = np.dtype(
 )
 CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-SPILL_BYTES = 256 << 20  # rows held in memory before buckets go to disk
+SPILL_BYTES = 128 << 20  # rows held in memory (per dataset) before buckets go to disk
 EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
 NO_LABEL = -1
 EXAMPLES = 20
