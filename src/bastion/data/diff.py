@@ -7,11 +7,12 @@ files beyond, so memory stays bounded whatever the size of the data. Each bucket
 splits into 256 leaves by the id's second byte: 65536 leaves. A leaf's digest is BLAKE3 over
 its rows' bytes and label hashes in canonical order (sorted by id, then label), so it
 commits to the exact multiset of rows whatever their order; the ids only sort and bucket
-(a collision can cost work, never hide a change). A SHA-256 Merkle tree over the leaves
-gives the dataset root, a digest the ledger records as is. Two equal roots mean equal
-datasets (O(1)); otherwise descending the tree where hashes differ finds each changed leaf
-in O(log 65536) steps, and only the rows of changed leaves are hashed one by one (BLAKE3)
-and compared as multisets, so duplicated rows count.
+(a collision can cost work, never hide a change). Each bucket's 256 leaf digests hash into
+one node, and a binary SHA-256 Merkle tree over the 256 bucket nodes gives the dataset root,
+a digest the ledger records as is. Two equal roots mean equal datasets (O(1)); otherwise
+descending where hashes differ finds each changed bucket in O(log 256) steps and its
+changed leaves among its 256, and only the rows of changed leaves are hashed one by one
+(BLAKE3) and compared as multisets, so duplicated rows count.
 
 Pairing rule for "modified": a removed and an added row are one modified row when they
 share the `--key` value; without a key, when they share the same content (all non-label
