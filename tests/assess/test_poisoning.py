@@ -111,3 +111,39 @@ def test_cli_table_json_and_plot(tmp_path: Path, digits) -> None:
     assert plot.read_bytes().startswith(b"\x89PNG")
     bad = runner.invoke(app, [*args[:4], "--rates", "2"])
     assert bad.exit_code == 2 and "each rate must be in [0, 1)" in bad.output
+
+
+def test_cli_with_a_user_training_function(tmp_path: Path, digits, monkeypatch) -> None:
+    x_train, y_train, _, _ = digits
+    np.savez(tmp_path / "digits.npz", x=x_train[:400], y=y_train[:400])
+    (tmp_path / "my_training.py").write_text(
+        "from sklearn.neighbors import KNeighborsClassifier\n"
+        "CALLS = []\n"
+        "def train(x, y, seed):\n"
+        "    CALLS.append((x.shape, seed))\n"
+        "    return KNeighborsClassifier(3).fit(x, y)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [
+        "assess",
+        "poisoning",
+        "--data",
+        str(tmp_path / "digits.npz"),
+        "--rates",
+        "0.1",
+        "--attacks",
+        "label-flip",
+        "--train-fn",
+        "my_training:train",
+        "--seed",
+        "4",
+        "-f",
+        "json",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import my_training
+
+    assert my_training.CALLS == [((300, 64), 4), ((300, 64), 4)]  # baseline, then poisoned
+    missing = runner.invoke(app, [*args[:-2], "--train-fn", "nowhere:train"])
+    assert missing.exit_code == 2 and "no such importable function" in missing.output
