@@ -100,3 +100,48 @@ def test_detector_choice_is_checked(workspace) -> None:
     assert unknown.exit_code == 2 and "unknown detector(s) magic" in unknown.output
     none_left = runner.invoke(app, ["data", "check", "--data", data, "--detectors", "trigger"])
     assert none_left.exit_code == 0, none_left.output  # the trigger search needs --model
+
+
+def test_check_csv_with_a_scikit_learn_model_finds_flipped_labels(tmp_path: Path) -> None:
+    import joblib
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(5)
+    centres = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 5.0]])
+    y = rng.integers(0, 3, 240)
+    x = centres[y] + rng.normal(size=(240, 2))
+    names = np.array(["ant", "bee", "cat"])[y]
+    flipped = [7, 99, 180]
+    for row in flipped:  # a label that is certainly another class's
+        names[row] = {"ant": "cat", "bee": "ant", "cat": "bee"}[["ant", "bee", "cat"][y[row]]]
+    pd.DataFrame({"f1": x[:, 0], "f2": x[:, 1], "kind": names}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    joblib.dump(LogisticRegression(max_iter=200), tmp_path / "model.joblib")
+    rows_out = tmp_path / "rows.json"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "check",
+            "--data",
+            str(tmp_path / "train.csv"),
+            "--label",
+            "kind",
+            "--model",
+            str(tmp_path / "model.joblib"),
+            "--detectors",
+            "labels",
+            "--rows-out",
+            str(rows_out),
+            "--fail-on",
+            "medium",
+            "-f",
+            "json",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    rows = json.loads(rows_out.read_text())
+    assert {r["row"] for r in rows} >= set(flipped)
+    assert all(r["label"] in {"ant", "bee", "cat"} for r in rows)
