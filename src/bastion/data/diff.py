@@ -48,7 +48,7 @@ RECORD = np.dtype(
 )
 CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
-SPILL_BYTES = 128 << 20  # rows held in memory (per dataset) before buckets go to disk
+SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
 EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
 NO_LABEL = -1
 EXAMPLES = 20

@@ -26,7 +26,7 @@ from bastion.errors import InputError
 
 SEPARATOR = "\x1f"
 NULL = "\\N"
-CSV_BLOCK = 8 << 20
+CSV_BLOCK = 2 << 20  # Arrow reads ahead several blocks; small blocks keep that bounded
 CHUNK_ROWS = 65536
 
 
@@ -93,7 +93,7 @@ def _csv_batches(source: Path) -> Iterator[pa.RecordBatch]:
     try:
         reader = pacsv.open_csv(
             source,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
                 strings_can_be_null=False,
