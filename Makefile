@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign bench-poison bench-diff
+.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy bench-evasion bench-poison bench-diff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ bench-scan: $(STAMP) $(PEERS)
 
 bench-sign: $(STAMP) $(PEERS)
 	$(BIN)/python bench/sign/run.py
+
+bench-audit: $(STAMP)
+	nice -n 10 $(BIN)/python bench/audit/run.py
+
+bench-privacy: $(STAMP) $(ML_PEERS)
+	$(BIN)/python bench/privacy/run.py
+
+bench-evasion: $(STAMP) $(ML_PEERS)
+	nice -n 10 $(BIN)/python bench/evasion/run.py
 
 bench-poison: $(STAMP) $(ML_PEERS)
 	$(BIN)/python bench/poison/run.py

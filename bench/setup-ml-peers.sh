@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PEERS=("adversarial-robustness-toolbox==1.20.1" "torchattacks==3.5.1")
-LIGHT=(tqdm six packaging requests)
+PEERS=("adversarial-robustness-toolbox==1.20.1" "torchattacks==3.5.1" "presidio-analyzer==2.2.366")
+# presidio-analyzer imports spaCy but its pattern recognizers run without a language model.
+LIGHT=(tqdm six packaging requests regex tldextract spacy)
 
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "${PEERS[@]}"
 .venv/bin/pip install --quiet --disable-pip-version-check "${LIGHT[@]}"

@@ -63,12 +63,16 @@ ATLAS = {
     "AML.T0010": "ML Supply Chain Compromise",
     "AML.T0010.003": "ML Supply Chain Compromise: Model",
     "AML.T0011.000": "User Execution: Unsafe ML Artifacts",
+    "AML.T0015": "Evade ML Model",
     "AML.T0018": "Backdoor ML Model",
     "AML.T0020": "Poison Training Data",
     "AML.T0024.000": "Exfiltration via ML Inference API: Infer Training Data Membership",
     "AML.T0024.001": "Exfiltration via ML Inference API: Invert ML Model",
     "AML.T0024.002": "Exfiltration via ML Inference API: Extract ML Model",
+    "AML.T0029": "Denial of ML Service",
+    "AML.T0040": "ML Model Inference API Access",
     "AML.T0043": "Craft Adversarial Data",
+    "AML.T0049": "Exploit Public-Facing Application",
 }
 
 

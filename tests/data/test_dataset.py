@@ -82,3 +82,11 @@ def test_image_folder_one_sub_folder_per_class(tmp_path: Path) -> None:
     Image.new("RGB", (6, 4)).save(tmp_path / "dog" / "odd.png")
     with pytest.raises(InputError, match=r"odd.png: image is 6x4 but earlier ones are 5x4"):
         load_dataset(tmp_path)
+
+
+def test_integer_labels_keep_their_numbering_when_a_class_is_absent(tmp_path: Path) -> None:
+    np.savez(tmp_path / "subset.npz", x=np.ones((3, 2)), y=np.array([0, 2, 2]))
+    data = load_dataset(tmp_path / "subset.npz")
+    assert data.y.tolist() == [0, 2, 2] and data.classes == (0, 1, 2)
+    np.savez(tmp_path / "signed.npz", x=np.ones((2, 2)), y=np.array([-1, 1]))
+    assert load_dataset(tmp_path / "signed.npz").y.tolist() == [0, 1]

@@ -118,7 +118,7 @@ def test_check_csv_with_a_scikit_learn_model_finds_flipped_labels(tmp_path: Path
     pd.DataFrame({"f1": x[:, 0], "f2": x[:, 1], "kind": names}).to_csv(
         tmp_path / "train.csv", index=False
     )
-    joblib.dump(LogisticRegression(max_iter=200), tmp_path / "model.joblib")
+    joblib.dump(LogisticRegression(max_iter=200).fit(x, names), tmp_path / "model.joblib")
     rows_out = tmp_path / "rows.json"
     result = runner.invoke(
         app,

@@ -1,28 +1,66 @@
-"""`bastion demo` builds its example, catches every planted file and flags no real model."""
+"""`bastion demo` builds its project, audits it, finds exactly what was planted, and with
+--fix the gate passes; no planted payload ever runs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from rich.console import Console
 from typer.testing import CliRunner
 
+from bastion.audit import run_audit
 from bastion.cli.main import app
-from bastion.demo.run import PLANTED
+from bastion.config import load_config
+from bastion.demo.run import PLANTED, Planted, build_example, planted_problems, self_check
 
 
-def test_demo_catches_exactly_the_planted_files(tmp_path: Path) -> None:
+def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--dir", str(workdir)])
+    result = CliRunner().invoke(app, ["demo", "--dir", str(workdir), "--fix"])
     assert result.exit_code == 0, result.output
-    assert f"Planted {len(PLANTED)} malicious files" in result.output
-    assert "0 real models flagged" in result.output
-    report = json.loads((workdir / "reports" / "scan.json").read_text())
+    output = " ".join(result.output.split())
+    assert "found exactly the planted problems" not in output  # --fix goes on to the fixes
+    assert output.count("found (BST-") == len(PLANTED) + 7
+    assert "missed" not in output and "unexpected" not in output
+    assert f"Report: {workdir / 'reports' / 'audit.html'}" in output
+    assert "Gate passed" in output
+    before = json.loads((workdir / "reports" / "audit.json").read_text())
+    after = json.loads((workdir / "reports-fixed" / "audit.json").read_text())
+    assert before["metrics"]["gate"]["passed"] is False
+    assert after["metrics"]["gate"]["passed"] is True
     blocking = {
         Path(f["location"]["path"]).relative_to(workdir).parts[1]
-        for f in report["findings"]
-        if f["severity"] in ("high", "critical")
+        for f in before["findings"]
+        if f["severity"] in ("high", "critical") and "downloads" in f["location"]["path"]
     }
     assert blocking == set(PLANTED)
-    assert (workdir / "reports" / "scan.sarif").exists()
+    signature = after["metrics"]["checks"]["signature"]["metrics"]["models"]
+    assert signature[str(workdir / "models" / "digits.joblib")]["verified"] is True
+    assert max(f["severity"] for f in after["findings"]) == "low"
     assert not (workdir / "PAYLOAD_RAN").exists()
+
+
+def test_self_check_fails_when_a_planted_problem_is_missed(tmp_path: Path) -> None:
+    example = build_example(tmp_path / "demo", torch_checkpoint=False)
+    result = run_audit(load_config(example.config), out=tmp_path / "out", jobs=1)
+    console = Console(record=True, width=200)
+    assert self_check(example, result, console)
+    nobody = Planted("a problem nobody planted", "signature", "models/other.joblib",
+                     rule_id="BST-AUD-SIG-001")
+    assert not self_check(example, result, console, [*planted_problems(), nobody])
+    last_row = console.export_text().strip().splitlines()[-1]
+    cells = [cell.strip() for cell in last_row.split("│")]
+    assert cells == ["a problem nobody planted", "signature", "missed"]
+
+
+def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of work")
+    result = CliRunner().invoke(app, ["demo", "--dir", str(work)])
+    assert result.exit_code == 2
+    assert "not empty and not made by `bastion demo`" in result.output
+    assert (work / "thesis.tex").read_text() == "years of work"
+    again = build_example(tmp_path / "demo", torch_checkpoint=False)
+    assert build_example(again.root, torch_checkpoint=False).root == again.root  # its own: ok

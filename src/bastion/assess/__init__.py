@@ -1,1 +1,1 @@
-"""Red-team assessments: simulate an attack on a model and measure how far it holds."""
+"""Red-team assessments: simulate an attack on a model and measure what it would achieve."""

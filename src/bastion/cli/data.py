@@ -3,7 +3,6 @@ training set look poisoned."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Annotated, Any, Optional
 
@@ -22,15 +21,17 @@ from bastion.data.dataset import load_dataset
 from bastion.data.diff import DiffPolicy, DiffResult, diff_datasets, diff_findings
 from bastion.data.neural_cleanse import search_triggers
 from bastion.data.poison import DETECTORS, CheckResult, check_dataset, check_findings
-from bastion.errors import InputError, UsageError
+from bastion.errors import UsageError
 from bastion.fsutil import atomic_write
 from bastion.govern.events import Event, Subject, default_actor
 from bastion.govern.ledger import record
-from bastion.models.classifier import as_classifier
+from bastion.models.classifier import SklearnClassifier, WhiteBoxClassifier
+from bastion.models.resolve import resolve_model
 from bastion.report import Report
 
 data_app = typer.Typer(
-    help="Training data: diff two versions, find poisoned rows.", no_args_is_help=True
+    help="Training data: diff two versions, find poisoned rows, find personal data.",
+    no_args_is_help=True,
 )
 
 LabelOption = Annotated[
@@ -111,33 +112,6 @@ def diff_command(
     emit(report, fmt, out, threshold)
 
 
-def _load_model(path: str, factory: str | None) -> Any:
-    """A scikit-learn estimator, or a torch module built by FACTORY with the file's weights;
-    the file is scanned (and refused when unsafe) before it is loaded."""
-    from bastion.models import load
-
-    loaded = load(path)
-    if hasattr(loaded, "predict_proba") or hasattr(loaded, "fit"):
-        return loaded
-    if factory is None:
-        raise UsageError(
-            f"{path} holds weights only; name the code that builds the module with "
-            "--model-factory package.module:function"
-        )
-    module_name, _, function = factory.partition(":")
-    try:
-        build = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError, ValueError):
-        raise UsageError(f"--model-factory {factory}: no such importable function") from None
-    module = build()
-    try:
-        module.load_state_dict(loaded)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{path}: weights do not fit the factory's module ({first})") from None
-    return module
-
-
 def _rows_table(rows: list[dict[str, Any]], path: str) -> None:
     if path.endswith(".json"):
         atomic_write(path, json.dumps(rows, indent=2, default=str) + "\n")
@@ -187,7 +161,11 @@ def check_command(
     label: LabelOption = None,
     model: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--model", help="The model trained on it (scanned before loading)."),
+        typer.Option(
+            "--model",
+            help="The model trained on it: TorchScript, torch weights with --model-factory, "
+            "ONNX or scikit-learn (scanned before loading).",
+        ),
     ] = None,
     model_factory: Annotated[
         Optional[str],  # noqa: UP045
@@ -217,12 +195,11 @@ def check_command(
     chosen = tuple(d.strip() for d in detectors.split(",") if d.strip())
     estimator, features, triggers = None, None, None
     if model is not None:
-        loaded = _load_model(model, model_factory)
-        if hasattr(loaded, "predict_proba"):
-            estimator = loaded
-        else:
-            x = dataset.x.astype(np.float32)
-            classifier = as_classifier(loaded, input_shape=tuple(x.shape[1:]))
+        x = dataset.x.astype(np.float32)
+        classifier = resolve_model(model, model_factory, input_shape=tuple(x.shape[1:]))
+        if isinstance(classifier, SklearnClassifier):
+            estimator = classifier.estimator  # cloned and refitted for out-of-fold scores
+        elif isinstance(classifier, WhiteBoxClassifier):
             features = classifier.features(x)
             if "trigger" in chosen and x.ndim == 4:  # Neural Cleanse is for image models
                 triggers = search_triggers(classifier, x, seed=seed)

@@ -110,7 +110,9 @@ def init_command(
 def append_command(
     path: str = LedgerArgument,
     kind: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--kind", help="scan, sign, verify, data-diff, train, assess, deploy, key-event."
+        None,
+        "--kind",
+        help="scan, sign, verify, data-diff, train, assess, deploy, key-event, document.",
     ),
     actor: Optional[str] = typer.Option(None, "--actor", help="Who acted (default: user@host)."),  # noqa: UP045
     time: Optional[str] = typer.Option(None, "--time", help="UTC ISO-8601 (default: now)."),  # noqa: UP045

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.assess import assess_app
+from bastion.cli.audit import audit_command
+from bastion.cli.bom import bom_command
+from bastion.cli.card import card_command, datasheet_command
 from bastion.cli.data import data_app
 from bastion.cli.demo import demo_command
+from bastion.cli.deps import deps_command
 from bastion.cli.ledger import ledger_app
+from bastion.cli.pii import pii_command
 from bastion.cli.poisoning import poisoning_command
+from bastion.cli.privacy import inversion_command, membership_command
 from bastion.cli.scan import scan_command
 from bastion.cli.sign import keys_app, sign_command, verify_command
 
@@ -20,14 +27,20 @@ app = typer.Typer(
 )
 app.command("scan")(scan_command)
 app.command("demo")(demo_command)
+app.command("audit")(audit_command)
 app.command("sign")(sign_command)
 app.command("verify")(verify_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.command("bom")(bom_command)
+app.command("deps")(deps_command)
+app.command("card")(card_command)
+app.command("datasheet")(datasheet_command)
+data_app.command("pii")(pii_command)
 app.add_typer(data_app, name="data")
-# `assess` is shared with other assessments; this group holds poisoning until they merge.
-assess_app = typer.Typer(help="Red-team assessments of a model.", no_args_is_help=True)
 assess_app.command("poisoning")(poisoning_command)
+assess_app.command("membership")(membership_command)
+assess_app.command("inversion")(inversion_command)
 app.add_typer(assess_app, name="assess")
 
 

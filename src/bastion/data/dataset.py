@@ -107,6 +107,9 @@ def encode_labels(source: Path, raw: np.ndarray, n: int) -> tuple[np.ndarray, tu
         if not np.all(raw == np.round(raw)):
             raise InputError(f"{source}: labels must be classes, found fractional values")
         raw = raw.astype(np.int64)
+    if raw.dtype.kind in "iub" and len(raw) and raw.min() >= 0:
+        # Already class indices: a subset that lacks a class must keep its numbering.
+        return raw.astype(np.int64), tuple(range(int(raw.max()) + 1))
     classes, indices = np.unique(raw, return_inverse=True)
     return indices.astype(np.int64), tuple(classes.tolist())
 

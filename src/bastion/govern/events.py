@@ -19,7 +19,9 @@ from typing import Any
 
 from bastion.errors import InputError
 
-KINDS = ("scan", "sign", "verify", "data-diff", "train", "assess", "deploy", "key-event")
+KINDS = (
+    "scan", "sign", "verify", "data-diff", "train", "assess", "deploy", "key-event", "document",
+)
 FIELDS = ("kind", "actor", "time", "subjects", "parents", "details")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_TEXT = 4096

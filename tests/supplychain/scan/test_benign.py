@@ -230,6 +230,15 @@ def test_numpy_and_pandas_files_are_clean(name: str, tmp_path: Path) -> None:
     assert_clean(written, *formats)
 
 
+def test_model_fitted_on_a_dataframe_saved_with_joblib_is_clean(tmp_path: Path) -> None:
+    # feature_names_in_ is an object array: joblib writes it as a pickle inside the pickle,
+    # which a plain pickle.load reading meets as a STACK_GLOBAL on the estimator (a load error).
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+    model = LogisticRegression().fit(frame, [0, 1, 0, 1])
+    joblib.dump(model, tmp_path / "model.joblib")
+    assert_clean(tmp_path / "model.joblib", "joblib")
+
+
 # -- ONNX -------------------------------------------------------------------------------------
 
 

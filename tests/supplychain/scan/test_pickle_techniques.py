@@ -438,3 +438,26 @@ def test_deeply_nested_lists_give_a_finding_not_a_recursion_error() -> None:
     assert findings[0].evidence["depth"] == depth
     shallow = b"\x80\x02" + b"]" * 50 + b"a" * 49 + b"."
     assert analyse(shallow) == []
+
+
+
+# STACK_GLOBAL whose module is: the result of calling an unknown function (any string at load
+# time), an int, or an instance of a trusted class (the loader stops: "requires str").
+_STACK_GLOBAL_OPERANDS = {
+    "unknown_call": b"\x80\x04\x8c\x0bmarker_only\x8c\x04call\x93)R\x8c\x06system\x93.",
+    "int_literal": b"\x80\x04K\x07\x8c\x06system\x93.",
+    "trusted_instance": b"\x80\x04\x8c\x1esklearn.linear_model._logistic"
+    b"\x8c\x12LogisticRegression\x93)\x81\x8c\x06system\x93.",
+}
+
+
+@pytest.mark.parametrize(("name", "unresolved"), [
+    ("unknown_call", True), ("int_literal", False), ("trusted_instance", False),
+])
+def test_stack_global_operand_that_could_be_a_string_is_unresolved(
+    name: str, unresolved: bool, tmp_path: Path
+) -> None:
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(_STACK_GLOBAL_OPERANDS[name])
+    rules_found = {f.rule_id for f in bastion.scan(path).files[0].findings}
+    assert (UNRESOLVED in rules_found) is unresolved, rules_found

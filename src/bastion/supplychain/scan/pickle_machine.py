@@ -71,12 +71,27 @@ class Container:
     shared: bool = False  # fetched again by GET or DUP, so it may grow after use
 
 
+# Values the machine knows are not strings: the loader refuses them as a global's name.
+_NEVER_STR = (type(None), bool, int, float, bytes, bytearray, Container)
+
+
 @dataclass(eq=False)
 class Opaque:
     """A value the machine cannot know statically (persistent ids, out-of-band buffers)."""
 
     what: str
     size: int = 1
+
+
+def _never_str(value: Any) -> bool:
+    """True when the loader would hold a non-string here: a literal that is not one, or an
+    instance of a class from a trusted package (NEWOBJ of sklearn's LogisticRegression, say)."""
+    if isinstance(value, _NEVER_STR):
+        return True
+    if not (isinstance(value, Call) and isinstance(value.func, GlobalRef)):
+        return False
+    qualified = value.func.qualified
+    return classify(qualified).kind is Kind.TRUSTED and qualified.rpartition(".")[2][:1].isupper()
 
 
 _CONTAINER_OPS = {
@@ -328,6 +343,10 @@ class PickleMachine:
         attr, module = self._pop(), self._pop()
         if isinstance(module, str) and isinstance(attr, str):
             self.stack.append(self._global(module, attr, pos))
+        elif _never_str(module) or _never_str(attr):
+            # The loader stops here ("STACK_GLOBAL requires str"): nothing is imported. A
+            # plain pickle.load of a joblib file with an object array reaches this.
+            raise MalformedPickle("STACK_GLOBAL operand is not a string", pos)
         else:
             self._unresolved("STACK_GLOBAL operands are computed, not literal strings", pos)
 

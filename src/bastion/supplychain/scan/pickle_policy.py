@@ -70,6 +70,7 @@ _SAFE = frozenset(
     torch._tensor._rebuild_from_type torch._tensor._rebuild_from_type_v2
     torch.storage.UntypedStorage torch.storage.TypedStorage torch.storage._load_from_bytes
     torch.device torch.Size torch.Tensor torch.nn.parameter.Parameter
+    pyarrow.lib._restore_array pyarrow.lib.type_for_alias pyarrow.lib.py_buffer
     torch.serialization._get_layout torch._utils._get_restore_location
     """.split()
 )

@@ -1,0 +1,224 @@
+"""The evasion attacks, one function each, on a `Classifier` and numpy arrays.
+
+White-box attacks (FGSM, PGD, APGD-CE, APGD-T) need a torch-backed classifier and run on its
+device through `bastion.models.torch_attacks`; this module never imports torch itself.
+Black-box attacks (Square, HopSkipJump) only call `predict_proba` and work on any model.
+Every result is projected exactly into the eps-ball and the valid box, and `success` is read
+from the model's prediction on exactly the returned inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bastion.assess.evasion import blackbox
+from bastion.assess.evasion.constraints import (
+    Constraints,
+    check_eps,
+    parse_norm,
+    project,
+    random_generator,
+)
+from bastion.errors import UsageError
+from bastion.models.classifier import Classifier, check_inputs, predict
+
+BLACK_BOX_HINT = "a black-box attack: --attacks square or --attacks hopskipjump"
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    name: str
+    x_adv: np.ndarray
+    success: np.ndarray  # per point: misclassified on x_adv
+    queries: np.ndarray | None  # per point: rows sent to the model (black-box attacks)
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Setup:
+    x: np.ndarray
+    y: np.ndarray
+    eps: float
+    norm: str
+    constraints: Constraints
+
+
+def _setup(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
+    constraints: Constraints | None,
+) -> _Setup:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    check_inputs(classifier, x, y)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    if constraints is None:
+        constraints = Constraints.build(x.shape[1:], classifier.clip_values)
+    constraints.check_inside(x)
+    return _Setup(x, y.astype(np.int64), check_eps(eps), parse_norm(norm), constraints)
+
+
+def _finish(
+    name: str, classifier: Classifier, setup: _Setup, raw: np.ndarray,
+    queries: np.ndarray | None, started: float,
+) -> AttackResult:
+    x_adv = project(setup.x, raw, setup.eps, setup.norm, setup.constraints)
+    success = predict(classifier, x_adv) != setup.y if len(x_adv) else np.zeros(0, bool)
+    return AttackResult(name, x_adv, success, queries, time.perf_counter() - started)
+
+
+def torch_backed(classifier: Classifier) -> bool:
+    """True for classifiers whose gradient attacks can run on the torch backend."""
+    return hasattr(classifier, "logits") and hasattr(classifier, "module")
+
+
+def _white_box(
+    name: str, classifier: Classifier, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
+    constraints: Constraints | None, seed: int, **options: Any,
+) -> AttackResult:
+    if not torch_backed(classifier):
+        raise UsageError(
+            f"{name} needs gradients, which a {type(classifier).__name__} lacks; use "
+            f"{BLACK_BOX_HINT}"
+        )
+    from bastion.models import torch_attacks
+
+    started = time.perf_counter()
+    setup = _setup(classifier, x, y, eps, norm, constraints)
+    bounds = torch_attacks.Bounds(
+        setup.constraints.lower, setup.constraints.upper, setup.constraints.mutable
+    )
+    raw = torch_attacks.run(
+        classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
+        seed=seed, **options,
+    )
+    return _finish(name, classifier, setup, raw, None, started)
+
+
+def fgsm(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps."""
+    return _white_box("fgsm", classifier, x, y, eps, norm, constraints, seed, attack="fgsm")
+
+
+def pgd(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    steps: int = 40, step_size: float | None = None, restarts: int = 1,
+    random_start: bool = True, constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Projected gradient descent (Madry et al. 2018) on the cross-entropy; step size
+    2.5 * eps / steps unless given; restarts only on the points not yet fooled."""
+    return _white_box(
+        "pgd", classifier, x, y, eps, norm, constraints, seed, attack="pgd", steps=steps,
+        step_size=step_size, restarts=restarts, random_start=random_start,
+    )
+
+
+def apgd_ce(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    steps: int = 100, restarts: int = 1, constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Auto-PGD on the cross-entropy (Croce & Hein 2020)."""
+    return _white_box(
+        "apgd-ce", classifier, x, y, eps, norm, constraints, seed, attack="apgd",
+        steps=steps, restarts=restarts, loss="ce",
+    )
+
+
+def apgd_dlr(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    steps: int = 100, restarts: int = 1, constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Auto-PGD on the untargeted DLR loss, which is invariant to shifting and scaling the
+    logits (so a model cannot hide behind saturated softmax outputs)."""
+    return _white_box(
+        "apgd-dlr", classifier, x, y, eps, norm, constraints, seed, attack="apgd",
+        steps=steps, restarts=restarts, loss="dlr",
+    )
+
+
+def apgd_targeted(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    steps: int = 100, n_targets: int = 3, constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Auto-PGD on the targeted DLR loss, once per target class: the `n_targets` classes the
+    model ranks highest after the true one, each run only on the points still robust."""
+    if not torch_backed(classifier):
+        raise UsageError(
+            f"apgd-t needs gradients, which a {type(classifier).__name__} lacks; use "
+            f"{BLACK_BOX_HINT}"
+        )
+    started = time.perf_counter()
+    setup = _setup(classifier, x, y, eps, norm, constraints)
+    ranking = np.argsort(-classifier.predict_proba(setup.x), axis=1, kind="stable")
+    x_adv = setup.x.copy()
+    robust = np.ones(len(setup.x), dtype=bool)
+    for rank in range(min(n_targets, classifier.n_classes - 1)):
+        todo = np.flatnonzero(robust)
+        if len(todo) == 0:
+            break
+        targets = _rank_targets(ranking[todo], setup.y[todo], rank)
+        result = _white_box(
+            "apgd-t", classifier, setup.x[todo], setup.y[todo], setup.eps, setup.norm,
+            setup.constraints, seed + rank, attack="apgd", steps=steps,
+            loss="dlr-targeted", targets=targets,
+        )
+        x_adv[todo] = result.x_adv
+        robust[todo[result.success]] = False
+    return _finish("apgd-t", classifier, setup, x_adv, None, started)
+
+
+def _rank_targets(ranking: np.ndarray, y: np.ndarray, rank: int) -> np.ndarray:
+    """The class at position `rank` among the classes other than the true one."""
+    others = np.array([row[row != label] for row, label in zip(ranking, y, strict=True)])
+    return others[:, rank]
+
+
+def square(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    max_queries: int = 1000, p_init: float | None = None,
+    constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Square Attack: score-based random search, at most `max_queries` queries per point."""
+    started = time.perf_counter()
+    setup = _setup(classifier, x, y, eps, norm, constraints)
+    raw, queries = blackbox.square_attack(
+        classifier.predict_proba, setup.x, setup.y, eps=setup.eps, norm=setup.norm,
+        constraints=setup.constraints, max_queries=max_queries, rng=random_generator(seed),
+        p_init=p_init,
+    )
+    return _finish("square", classifier, setup, raw, queries, started)
+
+
+def hop_skip_jump(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "2",
+    max_queries: int = 1000, constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """HopSkipJump: decision-based, at most `max_queries` queries per point."""
+    started = time.perf_counter()
+    setup = _setup(classifier, x, y, eps, norm, constraints)
+    raw, queries = blackbox.hop_skip_jump(
+        classifier.predict_proba, setup.x, setup.y, eps=setup.eps, norm=setup.norm,
+        constraints=setup.constraints, max_queries=max_queries, rng=random_generator(seed),
+    )
+    return _finish("hopskipjump", classifier, setup, raw, queries, started)
+
+
+Attack = Callable[..., AttackResult]
+# name -> (function, needs gradients)
+ATTACKS: dict[str, tuple[Attack, bool]] = {
+    "fgsm": (fgsm, True),
+    "pgd": (pgd, True),
+    "apgd-ce": (apgd_ce, True),
+    "apgd-dlr": (apgd_dlr, True),
+    "apgd-t": (apgd_targeted, True),
+    "square": (square, False),
+    "hopskipjump": (hop_skip_jump, False),
+}

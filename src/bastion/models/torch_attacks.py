@@ -1,0 +1,378 @@
+"""Gradient attacks computed tensor-native on a `TorchClassifier`'s device.
+
+The attacks in `bastion.assess.evasion` stay framework-free; this module is their torch
+backend. Each attack moves one batch to the device once, runs every step there through
+`TorchClassifier.logits`, and hands back a numpy array at the end: no per-step round trips.
+While it runs, the module's parameters stop requiring gradients, so backward computes only
+the input gradient (the weight gradients an attack does not need are never formed).
+
+Steps project in float32 on the device; the caller applies the exact projection
+(`bastion.assess.evasion.constraints.project`) to the final result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from bastion.models.torch_classifier import TorchClassifier
+
+Target = torch.Tensor | None
+LossFn = Callable[[torch.Tensor, torch.Tensor, Target], torch.Tensor]
+
+
+@dataclass
+class Box:
+    """The constraints on the device: clean inputs, valid range, mutable features."""
+
+    x: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    mutable: torch.Tensor | None
+    eps: float
+    norm: str
+    # Linf without immutable features: the ball and the box meet in one per-coordinate
+    # interval, so a projection is a single clamp.
+    floor: torch.Tensor | None = None
+    ceiling: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm == "inf" and self.mutable is None and self.floor is None:
+            self.floor = torch.maximum(self.x - self.eps, self.lower)
+            self.ceiling = torch.minimum(self.x + self.eps, self.upper)
+
+    def subset(self, keep: torch.Tensor) -> Box:
+        """The box of the rows in `keep`."""
+        return Box(
+            self.x[keep], self.lower, self.upper, self.mutable, self.eps, self.norm,
+            None if self.floor is None else self.floor[keep],
+            None if self.ceiling is None else self.ceiling[keep],
+        )
+
+    def project(self, x_adv: torch.Tensor) -> torch.Tensor:
+        if self.floor is not None:
+            return torch.clamp(x_adv, self.floor, self.ceiling)
+        delta = x_adv - self.x
+        if self.mutable is not None:
+            delta = delta * self.mutable
+        if self.norm == "inf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            lengths = _row_norms(delta)
+            delta = delta * torch.clamp(self.eps / lengths.clamp_min(1e-12), max=1.0)
+        return torch.maximum(torch.minimum(self.x + delta, self.upper), self.lower)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent direction of unit norm (sign for Linf)."""
+        if self.mutable is not None:
+            grad = grad * self.mutable
+        if self.norm == "inf":
+            return grad.sign()
+        return grad / _row_norms(grad).clamp_min(1e-12)
+
+    def random_start(self, generator: torch.Generator, on_sphere: bool = False) -> torch.Tensor:
+        """A random point in the ball (on its surface when `on_sphere`), projected."""
+        shape, device = self.x.shape, self.x.device
+        if self.norm == "inf":
+            noise = torch.rand(shape, generator=generator, device=device) * 2 - 1
+            if on_sphere:
+                noise = noise / _row_max(noise).clamp_min(1e-12)
+            return self.project(self.x + self.eps * noise)
+        noise = torch.randn(shape, generator=generator, device=device)
+        noise = noise / _row_norms(noise).clamp_min(1e-12)
+        if not on_sphere:
+            radius = torch.rand((len(self.x),) + (1,) * (self.x.dim() - 1), generator=generator,
+                                device=device)
+            noise = noise * radius
+        return self.project(self.x + self.eps * noise)
+
+
+def _row_norms(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _row_max(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).abs().amax(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+# Losses: per-sample values the attack ascends. `target` is only used by targeted losses.
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, target: Target) -> torch.Tensor:
+    return functional.cross_entropy(logits, y, reduction="none")
+
+
+def dlr(logits: torch.Tensor, y: torch.Tensor, target: Target) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein 2020): shift- and scale-invariant margin."""
+    ranked, _ = logits.sort(dim=1, descending=True)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], -math.inf)
+    runner_up = others.amax(dim=1)
+    spread = ranked[:, 0] - ranked[:, min(2, ranked.shape[1] - 1)] if ranked.shape[1] > 2 else 1.0
+    return -(true - runner_up) / (spread + 1e-12)
+
+
+def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: Target) -> torch.Tensor:
+    """The targeted DLR loss; with fewer than four classes its denominator falls back to the
+    spread that exists (top minus third, or 1 for two classes)."""
+    assert target is not None
+    ranked, _ = logits.sort(dim=1, descending=True)
+    k = ranked.shape[1]
+    if k >= 4:
+        spread = ranked[:, 0] - (ranked[:, 2] + ranked[:, 3]) / 2
+    elif k == 3:
+        spread = ranked[:, 0] - ranked[:, 2]
+    else:
+        spread = torch.ones_like(ranked[:, 0])
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wanted = logits.gather(1, target[:, None]).squeeze(1)
+    return -(true - wanted) / (spread + 1e-12)
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "dlr": dlr, "dlr-targeted": targeted_dlr}
+
+
+@contextmanager
+def input_gradients_only(module: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients for the duration, then are restored exactly."""
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+
+
+class _Rows:
+    """Per-point attack state. A point the model already misclassifies is done: its iterate
+    is recorded and its row dropped, so later steps only pay for points still standing."""
+
+    def __init__(self, box: Box, **tensors: torch.Tensor | None) -> None:
+        self.box = box
+        self.index = torch.arange(len(box.x), device=box.x.device)
+        self.__dict__.update(tensors)
+
+    def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
+             found: torch.Tensor) -> bool:
+        """Record the done rows' `x_adv` in `result`, drop them; False once none remain."""
+        result[self.index[done]] = x_adv[done].detach()
+        found[self.index[done]] = True
+        keep = ~done
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value[keep])
+        self.box = self.box.subset(keep)
+        return len(self.index) > 0
+
+
+def _loss_and_grad(
+    clf: TorchClassifier, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = clf.logits(x_adv)
+        values = loss(logits, y, target)
+        (grad,) = torch.autograd.grad(values.sum(), x_adv)
+    return values.detach(), grad, logits.detach()
+
+
+def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1) != y
+
+
+# The attacks. Each takes one batch already on the device and returns (x_adv, found): the
+# first misclassified iterate where there is one, else the attack's final (or best) point.
+
+
+def fgsm_batch(clf: TorchClassifier, box: Box, y: torch.Tensor) -> torch.Tensor:
+    _, grad, _ = _loss_and_grad(clf, box.x, y, cross_entropy, None)
+    return box.project(box.x + box.eps * box.direction(grad))
+
+
+def pgd_batch(
+    clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
+    random_start: bool, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Madry et al.'s projected gradient ascent on the cross-entropy, one restart."""
+    start = box.random_start(generator) if random_start else box.x.clone()
+    result = start.clone()
+    found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    rows = _Rows(box, x=start, y=y)
+    for _ in range(steps):
+        _, grad, logits = _loss_and_grad(clf, rows.x, rows.y, cross_entropy, None)
+        done = _fooled(logits, rows.y)
+        if done.any():
+            grad = grad[~done]
+            if not rows.drop(done, rows.x, result, found):
+                return result, found
+        with torch.no_grad():
+            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(grad))
+    with torch.no_grad():
+        done = _fooled(clf.logits(rows.x), rows.y)
+    result[rows.index] = rows.x
+    found[rows.index[done]] = True
+    return result, found
+
+
+def apgd_checkpoints(steps: int) -> set[int]:
+    """Iterations where APGD decides whether to halve its step: p0 = 0, p1 = 0.22,
+    p(j+1) = p(j) + max(p(j) - p(j-1) - 0.03, 0.06)."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] < 1:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    return {math.ceil(round(p * steps, 9)) for p in fractions[1:] if p < 1} - {0}
+
+
+def apgd_batch(
+    clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, loss: LossFn,
+    generator: torch.Generator, target: Target = None,
+    rho: float = 0.75, momentum: float = 0.75,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Auto-PGD (Croce & Hein 2020), one restart: momentum 0.75, step 2*eps halved at the
+    checkpoints when the loss rose in fewer than rho of the steps since the previous one, or
+    when the step was kept last time and the best loss has not improved; a halving restarts
+    the point from its best iterate."""
+    checkpoints = apgd_checkpoints(steps)
+    start = box.random_start(generator, on_sphere=True)
+    values, grad, logits = _loss_and_grad(clf, start, y, loss, target)
+    result = start.clone()
+    found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    s = _Rows(
+        box, x=start, y=y, target=target, grad=grad, loss=values, current=values,
+        step=torch.full_like(_per_row(values, start), 2 * box.eps),
+        previous=start.clone(), best_x=start.clone(), best_grad=grad.clone(),
+        best_loss=values.clone(), rises=torch.zeros_like(values),
+        loss_at_check=values.clone(), reduced_at_check=torch.ones_like(values, dtype=torch.bool),
+    )
+    done = _fooled(logits, y)
+    if done.any() and not s.drop(done, s.x, result, found):
+        return result, found
+    last_check = 0
+    for k in range(steps):
+        with torch.no_grad():
+            candidate = s.box.project(s.x + s.step * s.box.direction(s.grad))
+            weight = momentum if k > 0 else 1.0
+            moved = s.x + weight * (candidate - s.x) + (1 - weight) * (s.x - s.previous)
+            s.previous, s.x = s.x, s.box.project(moved)
+        s.current, s.grad, logits = _loss_and_grad(clf, s.x, s.y, loss, s.target)
+        done = _fooled(logits, s.y)
+        if done.any() and not s.drop(done, s.x, result, found):
+            return result, found
+        with torch.no_grad():
+            s.rises += (s.current > s.loss).float()
+            s.loss = s.current
+            improved = s.current > s.best_loss
+            s.best_x[improved], s.best_grad[improved] = s.x[improved], s.grad[improved]
+            s.best_loss = torch.where(improved, s.current, s.best_loss)
+            if k + 1 in checkpoints:
+                stalled = s.rises < rho * (k + 1 - last_check)
+                flat = ~s.reduced_at_check & (s.best_loss <= s.loss_at_check)
+                reduce = stalled | flat
+                s.step[reduce] /= 2
+                s.x[reduce], s.grad[reduce] = s.best_x[reduce], s.best_grad[reduce]
+                s.previous[reduce] = s.best_x[reduce]
+                s.reduced_at_check, s.loss_at_check = reduce, s.best_loss.clone()
+                s.rises.zero_()
+                last_check = k + 1
+    result[s.index] = s.best_x
+    return result, found
+
+# Numpy in, numpy out: chunked by the classifier's batch size, restarts only on the points
+# that are still classified correctly.
+
+
+@dataclass(frozen=True)
+class Bounds:
+    lower: np.ndarray
+    upper: np.ndarray
+    mutable: np.ndarray | None
+
+
+def run(
+    clf: TorchClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    eps: float,
+    norm: str,
+    bounds: Bounds,
+    attack: str,
+    seed: int,
+    restarts: int = 1,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    loss: str = "ce",
+    targets: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run `attack` (fgsm, pgd or apgd) on numpy inputs; returns the adversarial inputs."""
+    device = clf.device
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    lower = torch.as_tensor(bounds.lower, dtype=torch.float32, device=device)
+    upper = torch.as_tensor(bounds.upper, dtype=torch.float32, device=device)
+    mutable = (
+        None if bounds.mutable is None
+        else torch.as_tensor(bounds.mutable, dtype=torch.float32, device=device)
+    )
+    out = np.array(x, dtype=np.float32, copy=True)
+    with input_gradients_only(clf.module):
+        for start in range(0, len(x), clf.batch_size):
+            stop = start + clf.batch_size
+            clean = clf.to_tensor(x[start:stop])
+            labels = torch.as_tensor(y[start:stop], dtype=torch.long, device=device)
+            wanted = (
+                None if targets is None
+                else torch.as_tensor(targets[start:stop], dtype=torch.long, device=device)
+            )
+            box = Box(clean, lower, upper, mutable, eps, norm)
+            adv = _attack_chunk(
+                clf, box, labels, attack=attack, generator=generator, restarts=restarts,
+                steps=steps, step_size=step_size, random_start=random_start,
+                loss=LOSSES[loss], target=wanted,
+            )
+            out[start:stop] = adv.cpu().numpy()
+    return out
+
+
+def _attack_chunk(
+    clf: TorchClassifier, box: Box, y: torch.Tensor, *, attack: str,
+    generator: torch.Generator, restarts: int, steps: int, step_size: float | None,
+    random_start: bool, loss: LossFn, target: torch.Tensor | None,
+) -> torch.Tensor:
+    if attack == "fgsm":
+        return fgsm_batch(clf, box, y)
+    result = box.x.clone()
+    remaining = torch.arange(len(y), device=y.device)
+    for _ in range(restarts):
+        sub = box.subset(remaining)
+        sub_target = None if target is None else target[remaining]
+        if attack == "pgd":
+            adv, found = pgd_batch(
+                clf, sub, y[remaining], steps=steps,
+                step_size=step_size or 2.5 * box.eps / steps,
+                random_start=random_start, generator=generator,
+            )
+        else:
+            adv, found = apgd_batch(
+                clf, sub, y[remaining], steps=steps, loss=loss, generator=generator,
+                target=sub_target,
+            )
+        result[remaining] = adv
+        remaining = remaining[~found]
+        if len(remaining) == 0:
+            break
+    return result

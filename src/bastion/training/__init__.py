@@ -1,0 +1,1 @@
+"""Defensive training: adversarial training and differentially private training."""
