@@ -116,16 +116,28 @@ def child_pandas(old: str, new: str) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from
+    the parent across fork and exec, which would charge the generator's memory to the diff."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_child(tool: str, old: Path, new: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    output = subprocess.run(
+    done = subprocess.run(
         [sys.executable, __file__, "--child", tool, str(old), str(new)],
-        check=True,
         capture_output=True,
         text=True,
         env=env,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    )
+    if done.returncode != 0:  # pandas can run out of memory on large files: say so
+        last = (done.stderr.strip().splitlines() or ["killed"])[-1]
+        return {"error": f"exit {done.returncode}: {last}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -137,7 +149,7 @@ def main() -> None:
     if args.child:
         tool, old, new = args.child
         result = (child_bastion if tool == "bastion" else child_pandas)(old, new)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
     rows = args.mb * (1 << 20) // BYTES_PER_ROW
@@ -149,24 +161,30 @@ def main() -> None:
             tool: run_child(tool, folder / "old.csv", folder / "new.csv")
             for tool in ("bastion", "pandas")
         }
-    for result in results.values():
+    ok = {tool: r for tool, r in results.items() if "error" not in r}
+    for result in ok.values():
         result["rows_per_second"] = round(result["rows"] / result["seconds"])
         result["correct"] = all(result[k] == truth[k] for k in truth)
-    ratio = results["bastion"]["rows_per_second"] / results["pandas"]["rows_per_second"]
+    both = len(ok) == 2
+    ratio = ok["bastion"]["rows_per_second"] / ok["pandas"]["rows_per_second"] if both else None
     print(f"OLD.csv {size_mb:.0f} MB, {rows} rows; truth {truth}")
     print(f"{'tool':10} {'seconds':>8} {'rows/s':>10} {'peak MB':>8} correct")
     for tool, r in results.items():
+        if "error" in r:
+            print(f"{tool:10} {r['error']}")
+            continue
         print(
             f"{tool:10} {r['seconds']:8.1f} {r['rows_per_second']:10d} "
             f"{r['peak_rss_mb']:8.0f} {r['correct']}"
         )
-    print(f"bastion / pandas rows/s: {ratio:.2f}x")
+    if ratio is not None:
+        print(f"bastion / pandas rows/s: {ratio:.2f}x")
     document = {
         "old_csv_mb": round(size_mb, 1),
         "rows": rows,
         "truth": truth,
         "results": results,
-        "speedup": round(ratio, 2),
+        "speedup": round(ratio, 2) if ratio is not None else None,
     }
     (HERE / "results.json").write_text(json.dumps(document, indent=2) + "\n")
 
