@@ -7,7 +7,8 @@ STAMP := $(VENV)/.bastion-installed
 PEERS := .venv-bench/.peers-installed
 ML_PEERS := $(VENV)/.ml-peers-installed
 
-.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy bench-evasion bench-serve bench-extraction
+.PHONY: demo test lint bench-scan bench-sign bench-audit bench-privacy bench-evasion \
+	bench-serve bench-extraction bench-poison bench-diff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +57,9 @@ bench-serve: $(STAMP)
 
 bench-extraction: $(STAMP) $(ML_PEERS)
 	nice -n 10 $(BIN)/python bench/extraction/run.py
+
+bench-poison: $(STAMP) $(ML_PEERS)
+	$(BIN)/python bench/poison/run.py
+
+bench-diff: $(STAMP)
+	$(BIN)/python bench/diff/run.py

@@ -8,11 +8,13 @@ from bastion.cli.assess import assess_app
 from bastion.cli.audit import audit_command
 from bastion.cli.bom import bom_command
 from bastion.cli.card import card_command, datasheet_command
+from bastion.cli.data import data_app
 from bastion.cli.demo import demo_command
 from bastion.cli.deps import deps_command
 from bastion.cli.extraction import extraction_command
 from bastion.cli.ledger import ledger_app
 from bastion.cli.pii import pii_command
+from bastion.cli.poisoning import poisoning_command
 from bastion.cli.privacy import inversion_command, membership_command
 from bastion.cli.scan import scan_command
 from bastion.cli.serve import api_keys_app, serve_command
@@ -36,10 +38,9 @@ app.command("bom")(bom_command)
 app.command("deps")(deps_command)
 app.command("card")(card_command)
 app.command("datasheet")(datasheet_command)
-# Temporary `data` group until cli/data.py's data_app lands; then: data_app.command("pii").
-_data_app = typer.Typer(help="Check datasets: personal data.", no_args_is_help=True)
-_data_app.command("pii")(pii_command)
-app.add_typer(_data_app, name="data")
+data_app.command("pii")(pii_command)
+app.add_typer(data_app, name="data")
+assess_app.command("poisoning")(poisoning_command)
 assess_app.command("membership")(membership_command)
 assess_app.command("inversion")(inversion_command)
 assess_app.command("extraction")(extraction_command)

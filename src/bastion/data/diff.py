@@ -1,0 +1,606 @@
+"""What changed between two versions of a dataset, row by row, in bounded memory.
+
+Each row's canonical bytes (see `rowstream`) get a 128-bit id computed for a whole chunk
+at once in numpy; the label is kept beside it as text. Rows (id record + bytes) go to 256
+buckets by the id's first byte, held in memory up to SPILL_BYTES and spilled to per-bucket
+files beyond, so memory stays bounded whatever the size of the data. Each bucket
+splits into 256 leaves by the id's second byte: 65536 leaves. A leaf's digest is BLAKE3 over
+its rows' bytes and label hashes in canonical order (sorted by id, then label), so it
+commits to the exact multiset of rows whatever their order; the ids only sort and bucket
+(a collision can cost work, never hide a change). Each bucket's 256 leaf digests hash into
+one node, and a binary SHA-256 Merkle tree over the 256 bucket nodes gives the dataset root,
+a digest the ledger records as is. Two equal roots mean equal datasets (O(1)); otherwise
+descending where hashes differ finds each changed bucket in O(log 256) steps and its
+changed leaves among its 256, and only the rows of changed leaves are hashed one by one
+(BLAKE3) and compared as multisets, so duplicated rows count.
+
+Pairing rule for "modified": a removed and an added row are one modified row when they
+share the `--key` value; without a key, when they share the same content (all non-label
+values) and differ only in the label. Everything else is added or removed. Image folders
+use the file name under its class folder as the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from blake3 import blake3
+
+from bastion.data.rowstream import RowChunk, RowSource, open_rows
+from bastion.data.rules import CLASS_SHIFT, LABELS_CHANGED, ROWS_CHANGED, SCHEMA_CHANGED
+from bastion.findings import Finding, Location
+
+BUCKETS = 256  # spill files, by the first byte of the row id
+LEAVES_PER_BUCKET = 256  # Merkle leaves per file, by the second byte: 65536 leaves in all
+HASH_BYTES = 16
+FAST_WIDTH = 512  # rows up to this many bytes get the vectorised id; longer ones BLAKE3
+RECORD = np.dtype(
+    [("id", "<u8", (2,)), ("label", "<i4"), ("key", "<u8"), ("row", "<i8"), ("length", "<i8")]
+)
+CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
+ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
+EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
+NO_LABEL = -1
+EXAMPLES = 20
+
+
+@dataclass(frozen=True)
+class DiffPolicy:
+    """Thresholds above which a change becomes a finding (fractions of the old row count)."""
+
+    max_changed: float = 0.05
+    max_label_changes: float = 0.001
+    max_class_shift: float = 0.02
+
+
+@dataclass
+class DatasetDigest:
+    path: str
+    rows: int
+    root: str  # "sha256:<hex>" over the schema and the bucket Merkle tree
+    schema: str
+    class_counts: dict[str, int]
+    leaves: list[bytes] = field(repr=False, default_factory=list)  # 65536 leaf digests
+    tree: list[list[bytes]] = field(repr=False, default_factory=list)  # over the 256 buckets
+    spill: Spill | None = field(repr=False, default=None)  # the rows, by bucket
+    labels: list[str] = field(repr=False, default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "root": self.root,
+            "classes": self.class_counts,
+        }
+
+
+@dataclass
+class DiffResult:
+    old: DatasetDigest
+    new: DatasetDigest
+    added: np.ndarray  # new row numbers
+    removed: np.ndarray  # old row numbers
+    modified: list[tuple[int, int, str | None, str | None]]  # old row, new row, old/new label
+    leaves_compared: int
+
+    @property
+    def identical(self) -> bool:
+        return self.old.root == self.new.root
+
+    @property
+    def label_changes(self) -> Counter[tuple[str, str]]:
+        return Counter((a, b) for _, _, a, b in self.modified if a is not None and a != b)
+
+    def class_shift(self) -> dict[str, dict[str, float]]:
+        """Per class: rows and share in each version, and the change of share."""
+        classes = sorted(set(self.old.class_counts) | set(self.new.class_counts))
+        shift = {}
+        for name in classes:
+            old_n, new_n = self.old.class_counts.get(name, 0), self.new.class_counts.get(name, 0)
+            old_share = old_n / self.old.rows if self.old.rows else 0.0
+            new_share = new_n / self.new.rows if self.new.rows else 0.0
+            shift[name] = {
+                "old": old_n,
+                "new": new_n,
+                "share_change": round(new_share - old_share, 6),
+            }
+        return shift
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "old_rows": self.old.rows,
+            "new_rows": self.new.rows,
+            "added": len(self.added),
+            "removed": len(self.removed),
+            "modified": len(self.modified),
+            "label_changes": sum(self.label_changes.values()),
+            "leaves_compared": self.leaves_compared,
+        }
+
+    def details(self) -> dict[str, Any]:
+        """JSON-safe detail: per-class shift, label changes and examples of each change."""
+        return {
+            "old": self.old.to_json(),
+            "new": self.new.to_json(),
+            "class_balance": self.class_shift(),
+            "label_changes": [
+                {"from": a, "to": b, "rows": n} for (a, b), n in sorted(self.label_changes.items())
+            ],
+            "added_rows": self.added[:EXAMPLES].tolist(),
+            "removed_rows": self.removed[:EXAMPLES].tolist(),
+            "modified_rows": [
+                {"old_row": o, "new_row": n, "old_label": a, "new_label": b}
+                for o, n, a, b in self.modified[:EXAMPLES]
+            ],
+        }
+
+
+def diff_datasets(
+    old: str | os.PathLike[str],
+    new: str | os.PathLike[str],
+    *,
+    label: str | None = None,
+    key: str | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+) -> DiffResult:
+    """Compare two dataset versions; spill space comes from `workdir` (default: system temp)."""
+    with tempfile.TemporaryDirectory(prefix="bastion-diff-", dir=workdir) as spill:
+        old_digest = digest_dataset(open_rows(old, label=label, key=key), Path(spill) / "old")
+        new_digest = digest_dataset(open_rows(new, label=label, key=key), Path(spill) / "new")
+        changed = changed_leaves(old_digest, new_digest)
+        removed, added = _bucket_differences(old_digest, new_digest, changed)
+    removed_rows, added_rows, modified = _pair(removed, added, old_digest, new_digest, key)
+    return DiffResult(old_digest, new_digest, added_rows, removed_rows, modified, len(changed))
+
+
+class Spill:
+    """Rows by bucket: held in memory, and written to per-bucket files in `folder` only once
+    they pass `limit` bytes, so small datasets never touch the disk and large ones stay
+    within bounded memory."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder, self.limit, self.held = folder, limit, 0
+        self.parts: list[list[tuple[np.ndarray, memoryview]]] = [[] for _ in range(BUCKETS)]
+        self.on_disk: set[int] = set()
+
+    def add(self, bucket: int, records: np.ndarray, data: memoryview) -> None:
+        self.parts[bucket].append((records, data))
+        self.held += records.nbytes + len(data)
+        if self.held > self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for bucket, parts in enumerate(self.parts):
+            if not parts:
+                continue
+            with (
+                open(self.folder / f"{bucket:03d}.rec", "ab") as records_file,
+                open(self.folder / f"{bucket:03d}.bin", "ab") as bytes_file,
+            ):
+                for records, data in parts:
+                    records_file.write(records.tobytes())
+                    bytes_file.write(data)
+            self.on_disk.add(bucket)
+            parts.clear()
+        self.held = 0
+
+    def read(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        records = [r for r, _ in self.parts[bucket]]
+        data = [np.frombuffer(d, np.uint8) for _, d in self.parts[bucket]]
+        if bucket in self.on_disk:
+            records.insert(0, np.fromfile(self.folder / f"{bucket:03d}.rec", dtype=RECORD))
+            data.insert(0, np.fromfile(self.folder / f"{bucket:03d}.bin", dtype=np.uint8))
+        return (
+            np.concatenate(records) if records else np.empty(0, RECORD),
+            np.concatenate(data) if data else np.zeros(0, np.uint8),
+        )
+
+
+def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
+    """Bucket every row (record + bytes), spilling to `spill_folder` when large; digest."""
+    spill = Spill(spill_folder, SPILL_BYTES)
+    labels: dict[str, int] = {}
+    counts: Counter[int] = Counter()
+    total = 0
+    for chunk in rows.chunks:
+        records, blob = _records(chunk, labels, total)
+        labelled = records["label"][records["label"] != NO_LABEL]
+        counts.update(dict(enumerate(np.bincount(labelled).tolist())))
+        _spill(records, blob, spill)
+        total += len(records)
+    names = list(labels)
+    leaves: list[bytes] = []
+    for bucket in range(BUCKETS):
+        leaves.extend(_leaf_digests(*spill.read(bucket), _label_ids(names)))
+    tree = merkle_levels(_bucket_nodes(leaves))
+    root = sha256(b"bastion-dataset-v2\0" + rows.schema.encode() + b"\0" + tree[-1][0])
+    return DatasetDigest(
+        path=str(rows.path),
+        rows=total,
+        root="sha256:" + root.hexdigest(),
+        schema=rows.schema,
+        class_counts={names[code]: int(n) for code, n in sorted(counts.items()) if n},
+        leaves=leaves,
+        tree=tree,
+        spill=spill,
+        labels=names,
+    )
+
+
+def _binary(data: Any, offsets: np.ndarray) -> pa.Array:
+    """Rows as an Arrow large_binary array over the chunk's bytes (zero-copy where it can)."""
+    base = int(offsets[0])
+    body = memoryview(data)[base : int(offsets[-1])]
+    return pa.Array.from_buffers(
+        pa.large_binary(),
+        len(offsets) - 1,
+        [None, pa.py_buffer((offsets - base).astype(np.int64)), pa.py_buffer(body)],
+    )
+
+
+def _fmix(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: every input bit affects every output bit."""
+    values = values ^ (values >> np.uint64(33))
+    values = values * np.uint64(0xFF51AFD7ED558CCD)
+    values = values ^ (values >> np.uint64(33))
+    values = values * np.uint64(0xC4CEB9FE1A85EC53)
+    return values ^ (values >> np.uint64(33))
+
+
+def row_ids(rows: pa.Array) -> np.ndarray:
+    """A 128-bit id per row, (n, 2) uint64, computed for all rows at once: short rows are
+    zero-padded to 8-byte words and mixed word by word; rows over FAST_WIDTH bytes take
+    BLAKE3's first 16 bytes. Ids order and bucket rows; they are not the integrity check
+    (the leaf digests hash the bytes themselves)."""
+    n = len(rows)
+    ids = np.zeros((n, 2), dtype=np.uint64)
+    if n == 0:
+        return ids
+    _, offsets_buffer, data_buffer = rows.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64)[rows.offset : rows.offset + n + 1]
+    raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    long_rows = np.flatnonzero(lengths > FAST_WIDTH)
+    for row in long_rows.tolist():
+        digest = blake3(raw[offsets[row] : offsets[row + 1]]).digest(HASH_BYTES)
+        ids[row] = np.frombuffer(digest, np.uint64)
+    short = lengths <= FAST_WIDTH
+    if not short.any():
+        return ids
+    width = max(8, int(-(-int(lengths[short].max()) // 8) * 8))
+    padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(width, np.uint8)])
+    starts = (offsets[:-1] - offsets[0])[short]
+    words = np.lib.stride_tricks.sliding_window_view(padded, width)[starts].view("<u8")
+    size = lengths[short]
+    first = _fmix(size.astype(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
+    second = _fmix(size.astype(np.uint64) ^ np.uint64(0xC2B2AE3D27D4EB4F))
+    for column in range(words.shape[1]):
+        # keep only this row's bytes of the word: the window runs into the next row
+        valid = np.clip(size - 8 * column, 0, 8).astype(np.uint64)
+        keep = np.where(valid == 8, ALL_ONES, (np.uint64(1) << (valid * np.uint64(8))) - 1)
+        word = words[:, column] & keep
+        first = _fmix(first ^ word)
+        second = _fmix((second + word) * np.uint64(0x87C37B91114253D5))
+    ids[short, 0], ids[short, 1] = first, second
+    return ids
+
+
+def _records(
+    chunk: RowChunk, labels: dict[str, int], first_row: int
+) -> tuple[np.ndarray, pa.Array]:
+    rows = _binary(chunk.data, chunk.offsets)
+    ids = row_ids(rows)
+    records = np.empty(len(ids), dtype=RECORD)
+    records["id"] = ids
+    records["label"] = NO_LABEL if chunk.labels is None else _label_codes(chunk.labels, labels)
+    records["key"] = _key_ids(chunk.keys) if chunk.keys is not None else 0
+    records["row"] = np.arange(first_row, first_row + len(ids))
+    records["length"] = np.diff(chunk.offsets)
+    return records, rows
+
+
+def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
+    """Per-dataset label codes (first seen, first coded), without a Python loop per row."""
+    encoded = pc.dictionary_encode(texts)
+    lookup = np.array(
+        [codes.setdefault(text, len(codes)) for text in encoded.dictionary.to_pylist()],
+        dtype=np.int32,
+    )
+    return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _key_ids(keys: pa.Array) -> np.ndarray:
+    """64-bit ids for pairing removed and added rows by key; integrity never rests on them
+    (the row bytes include the key column)."""
+    return row_ids(pc.cast(keys, pa.large_binary()))[:, 0]
+
+
+def _label_ids(names: list[str]) -> np.ndarray:
+    """(k + 1, 2) uint64: BLAKE3 of each label's text; the last row (code -1) is no label, so
+    a leaf names labels by text, not by a code that depends on the order they were seen."""
+    table = np.zeros((len(names) + 1, 2), dtype=np.uint64)
+    for code, text in enumerate(names):
+        table[code] = np.frombuffer(blake3(text.encode()).digest(HASH_BYTES), np.uint64)
+    return table
+
+
+def _spill(records: np.ndarray, rows: pa.Array, spill: Spill) -> None:
+    buckets = (records["id"][:, 0] >> np.uint64(56)).astype(np.int64)
+    order = np.argsort(buckets, kind="stable")
+    bounds = np.searchsorted(buckets[order], np.arange(BUCKETS + 1))
+    ordered = records[order]
+    taken = pc.take(rows, pa.array(order))
+    _, offsets_buffer, data_buffer = taken.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64)[taken.offset : taken.offset + len(taken) + 1]
+    data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+    for b in np.flatnonzero(np.diff(bounds)).tolist():
+        lo, hi = bounds[b], bounds[b + 1]
+        spill.add(b, ordered[lo:hi], data[offsets[lo] : offsets[hi]])  # a view, no copy
+
+
+def _leaf_of(records: np.ndarray) -> np.ndarray:
+    return ((records["id"][:, 0] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
+
+
+def _sorted_bucket(
+    records: np.ndarray, data: np.ndarray, label_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bucket in canonical order (row id, then label): records, label ids, row offsets
+    and the row bytes, so that equal multisets of rows give equal bytes."""
+    labels = label_ids[records["label"]]
+    order = np.argsort(records["id"][:, 0], kind="stable")
+    first = records["id"][order, 0]
+    if len(first) > 1 and np.any(first[1:] == first[:-1]):  # duplicates: order them fully
+        order = np.lexsort((labels[:, 1], labels[:, 0], records["id"][:, 1], records["id"][:, 0]))
+    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    np.cumsum(records["length"], out=offsets[1:])
+    rows = _binary(data, offsets)
+    taken = pc.take(rows, pa.array(order))
+    _, offsets_buffer, data_buffer = taken.buffers()
+    sorted_offsets = np.frombuffer(offsets_buffer, np.int64)[: len(order) + 1]
+    sorted_data = (
+        np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    )
+    return records[order], labels[order], sorted_offsets, sorted_data
+
+
+def _leaf_digests(records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> list[bytes]:
+    """BLAKE3 of each leaf: its row count, the rows' lengths, bytes and label hashes."""
+    ordered, labels, offsets, body = _sorted_bucket(records, data, label_ids)
+    bounds = np.searchsorted(_leaf_of(ordered), np.arange(LEAVES_PER_BUCKET + 1))
+    lengths = ordered["length"]
+    digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
+    for leaf in np.flatnonzero(np.diff(bounds)).tolist():
+        lo, hi = int(bounds[leaf]), int(bounds[leaf + 1])
+        hasher = blake3((hi - lo).to_bytes(8, "big"))
+        hasher.update(lengths[lo:hi].tobytes())
+        hasher.update(body[offsets[lo] : offsets[hi]])
+        hasher.update(labels[lo:hi].tobytes())
+        digests[leaf] = hasher.digest()
+    return digests
+
+
+def _sort_order(entries: np.ndarray) -> np.ndarray:
+    words = entries.view(">u8")  # big-endian words: lexicographic byte order
+    return np.lexsort(words.T[::-1])
+
+
+def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """RFC 9162-style domain separation (0x00 leaves, 0x01 nodes); `leaves` is a power of 2."""
+    level = [sha256(b"\0" + leaf).digest() for leaf in leaves]
+    levels = [level]
+    while len(level) > 1:
+        level = [sha256(b"\1" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+        levels.append(level)
+    return levels
+
+
+def _bucket_nodes(leaves: list[bytes]) -> list[bytes]:
+    """The tree's bottom level: one node per bucket over its 256 leaf digests (a 256-ary
+    level under the binary tree, so the tree costs 256 nodes, not 65536)."""
+    return [
+        sha256(
+            b"\2" + b"".join(leaves[b * LEAVES_PER_BUCKET : (b + 1) * LEAVES_PER_BUCKET])
+        ).digest()
+        for b in range(BUCKETS)
+    ]
+
+
+def changed_nodes(old: list[list[bytes]], new: list[list[bytes]]) -> list[int]:
+    """Bottom nodes whose hashes differ, found by descending only into differing subtrees
+    of two trees given as levels (bottom first, root last)."""
+    frontier = [0]
+    for depth in range(len(old) - 1, 0, -1):
+        frontier = [
+            child
+            for node in frontier
+            if old[depth][node] != new[depth][node]
+            for child in (2 * node, 2 * node + 1)
+        ]
+    return [node for node in frontier if old[0][node] != new[0][node]]
+
+
+def changed_leaves(old: DatasetDigest, new: DatasetDigest) -> list[int]:
+    """Changed buckets by tree descent, then the changed leaves inside each."""
+    return [
+        leaf
+        for bucket in changed_nodes(old.tree, new.tree)
+        for leaf in range(bucket * LEAVES_PER_BUCKET, (bucket + 1) * LEAVES_PER_BUCKET)
+        if old.leaves[leaf] != new.leaves[leaf]
+    ]
+
+
+def _bucket_differences(
+    old: DatasetDigest, new: DatasetDigest, leaves: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the changed leaves only, compared by BLAKE3 of their bytes and their label."""
+    removed, added = [], []
+    by_bucket: dict[int, list[int]] = {}
+    for leaf in leaves:
+        by_bucket.setdefault(leaf // LEAVES_PER_BUCKET, []).append(leaf % LEAVES_PER_BUCKET)
+    for bucket, wanted in by_bucket.items():
+        old_rows = _changed_rows(old, bucket, wanted)
+        new_rows = _changed_rows(new, bucket, wanted)
+        gone, came = _multiset_difference(
+            _entries(old_rows, _label_ids(old.labels)), _entries(new_rows, _label_ids(new.labels))
+        )
+        removed.append(old_rows[gone])
+        added.append(new_rows[came])
+    empty = np.empty(0, dtype=CHANGED)
+    return (
+        np.concatenate(removed) if removed else empty,
+        np.concatenate(added) if added else empty,
+    )
+
+
+def _changed_rows(digest: DatasetDigest, bucket: int, leaves: list[int]) -> np.ndarray:
+    records, data = digest.spill.read(bucket)
+    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    np.cumsum(records["length"], out=offsets[1:])
+    picked = np.flatnonzero(np.isin(_leaf_of(records), leaves))
+    hashes = b"".join(
+        blake3(data[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in picked.tolist()
+    )
+    rows = np.empty(len(picked), dtype=CHANGED)
+    rows["c"] = np.frombuffer(hashes, dtype=f"V{HASH_BYTES}")
+    for name in ("label", "key", "row"):
+        rows[name] = records[name][picked]
+    return rows
+
+
+def _entries(rows: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """(n, 32) bytes per row: content hash, then label hash."""
+    content = np.ascontiguousarray(rows["c"]).view(np.uint8).reshape(-1, HASH_BYTES)
+    return np.hstack([content, label_ids[rows["label"]].view(np.uint8).reshape(-1, HASH_BYTES)])
+
+
+def _multiset_difference(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of old entries without a partner in new, and of new entries without one in
+    old; an entry present k times in old and m times in new leaves |k - m| unmatched."""
+    both = np.vstack([old, new])
+    side = np.concatenate([np.zeros(len(old), np.int8), np.ones(len(new), np.int8)])
+    order = _sort_order(both)
+    ordered = both[order]
+    starts = np.ones(len(both), dtype=bool)
+    starts[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    group = np.cumsum(starts) - 1
+    sides = side[order]
+    in_old = np.bincount(group, weights=sides == 0).astype(np.int64)
+    in_new = np.bincount(group, weights=sides == 1).astype(np.int64)
+    rank = _rank_within(group, sides)
+    unmatched_old = (sides == 0) & (rank >= in_new[group])
+    unmatched_new = (sides == 1) & (rank >= in_old[group])
+    return order[unmatched_old], order[unmatched_new] - len(old)
+
+
+def _rank_within(group: np.ndarray, sides: np.ndarray) -> np.ndarray:
+    """Position of each element among earlier elements of the same group and side."""
+    key = group * 2 + sides
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = np.searchsorted(sorted_key, sorted_key, side="left")
+    rank = np.empty(len(key), dtype=np.int64)
+    rank[order] = np.arange(len(key)) - first
+    return rank
+
+
+def _pair(
+    removed: np.ndarray,
+    added: np.ndarray,
+    old: DatasetDigest,
+    new: DatasetDigest,
+    key: str | None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, str | None, str | None]]]:
+    by_key = key is not None or old.schema.startswith("images")
+    field_name = "key" if by_key else "c"
+    waiting: dict[Any, list[int]] = {}
+    for index, value in enumerate(removed[field_name].tolist()):
+        waiting.setdefault(value, []).append(index)
+    modified, paired_old, paired_new = [], set(), set()
+    for index, value in enumerate(added[field_name].tolist()):
+        candidates = waiting.get(value)
+        if not candidates:
+            continue
+        partner = candidates.pop(0)
+        paired_old.add(partner)
+        paired_new.add(index)
+        modified.append(
+            (
+                int(removed["row"][partner]),
+                int(added["row"][index]),
+                _label_text(old, int(removed["label"][partner])),
+                _label_text(new, int(added["label"][index])),
+            )
+        )
+    if not by_key:  # without a key only relabelled rows pair up: content must be equal
+        modified = [m for m in modified if m[2] != m[3]]
+    removed_rows = np.sort(np.delete(removed["row"], sorted(paired_old)))
+    added_rows = np.sort(np.delete(added["row"], sorted(paired_new)))
+    return removed_rows, added_rows, sorted(modified)
+
+
+def _label_text(digest: DatasetDigest, code: int) -> str | None:
+    return digest.labels[code] if code >= 0 else None
+
+
+def diff_findings(result: DiffResult, policy: DiffPolicy) -> list[Finding]:
+    """Findings for the changes that exceed `policy`."""
+    location = Location(result.new.path)
+    base = max(result.old.rows, 1)
+    findings = []
+    if result.old.schema != result.new.schema:
+        findings.append(
+            SCHEMA_CHANGED.finding(
+                "The two versions have different columns or shapes",
+                location,
+                evidence={"old": result.old.schema, "new": result.new.schema},
+            )
+        )
+    changed = len(result.added) + len(result.removed) + len(result.modified)
+    if changed / base > policy.max_changed:
+        findings.append(
+            ROWS_CHANGED.finding(
+                f"{changed} rows changed ({changed / base:.1%} of {result.old.rows}; policy "
+                f"allows {policy.max_changed:.1%})",
+                location,
+                evidence=result.metrics(),
+            )
+        )
+    flips = result.label_changes
+    n_flips = sum(flips.values())
+    if n_flips and n_flips / base > policy.max_label_changes:
+        findings.append(
+            LABELS_CHANGED.finding(
+                f"{n_flips} existing rows changed label ({n_flips / base:.2%}; policy allows "
+                f"{policy.max_label_changes:.2%})",
+                location,
+                evidence={
+                    "label_changes": [
+                        {"from": a, "to": b, "rows": n} for (a, b), n in sorted(flips.items())
+                    ]
+                },
+            )
+        )
+    for name, shift in result.class_shift().items():
+        if abs(shift["share_change"]) > policy.max_class_shift:
+            findings.append(
+                CLASS_SHIFT.finding(
+                    f"class {name!r} share changed by {shift['share_change']:+.1%} "
+                    f"({shift['old']} -> {shift['new']} rows)",
+                    location,
+                    evidence={"class": name, **shift},
+                )
+            )
+    return findings
