@@ -34,9 +34,9 @@ def load_backend(
 
     loaded = load(model, verify_key=verify_key)
     if type(loaded).__name__ == "ModelProto":  # ONNX
-        from bastion.serve.onnx_model import OnnxClassifier
+        from bastion.models.onnx_classifier import OnnxClassifier
 
-        classifier = OnnxClassifier(loaded, model, input_shape)
+        classifier = OnnxClassifier(loaded, input_shape=input_shape)
     else:
         classifier = as_classifier(loaded)
     return LocalBackend(name or Path(model).stem, classifier,
