@@ -16,6 +16,7 @@ from rich.table import Table
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
@@ -141,8 +142,7 @@ def evasion_command(
     fmt: FormatOption = "table",
     fail_on: FailOnOption = "high",
     out: OutOption = None,
-    ledger: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--ledger", help="Record the assessment in this ledger.")] = None,
+    ledger: LedgerOption = None,
 ) -> None:
     """How far does the model hold against adversarial examples? Robust accuracy per epsilon,
     from attacks run in sequence on the points still standing, with gradient-masking checks."""

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from bastion.cli.common import err_console, friendly_errors
-from bastion.cli.documents import LedgerOption, record_documents, write_documents
+from bastion.cli.common import LedgerOption, err_console, friendly_errors
+from bastion.cli.documents import record_documents, write_documents
 from bastion.errors import UsageError
 from bastion.govern.card import CardInputs, build_card
 from bastion.govern.datasheet import DatasheetInputs, build_datasheet

@@ -62,6 +62,10 @@ FailOnOption = Annotated[
 OutOption = Annotated[
     Optional[str], typer.Option("--out", "-o", help="Write the report to this file.")  # noqa: UP045
 ]
+LedgerOption = Annotated[
+    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
+    typer.Option("--ledger", help="Record what the command did in this ledger (`bastion ledger`)."),
+]
 
 
 def emit(report: Report, fmt: str, out: str | None, fail_on: Severity) -> None:

@@ -12,6 +12,7 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
@@ -43,10 +44,6 @@ KeyOption = Annotated[
     typer.Option("--key", help="A column that identifies a row across versions."),
 ]
 CLI_DETECTORS = (*DETECTORS, "trigger")  # trigger: Neural Cleanse, torch image models only
-LedgerOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--ledger", help="Record the result in this ledger (see `bastion ledger`)."),
-]
 
 
 def _fraction(value: float, name: str) -> float:

@@ -10,12 +10,12 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
     parse_severity,
 )
-from bastion.cli.documents import LedgerOption
 from bastion.findings import Severity
 from bastion.govern.events import Event, Subject, default_actor, file_digest
 from bastion.govern.ledger import record

@@ -8,18 +8,10 @@ import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 
 from bastion.fsutil import atomic_write
 from bastion.govern.events import Event, Subject, default_actor
 from bastion.govern.ledger import record
-
-LedgerOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option("--ledger", help="Record what was written in this ledger (`bastion ledger`)."),
-]
 
 
 def sha256_text(text: str) -> str:

@@ -14,6 +14,7 @@ from rich.table import Table
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
@@ -90,8 +91,7 @@ def extraction_command(
     fmt: FormatOption = "table",
     fail_on: FailOnOption = "high",
     out: OutOption = None,
-    ledger: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--ledger", help="Record the assessment in this ledger.")] = None,
+    ledger: LedgerOption = None,
 ) -> None:
     """Copy the model through its answers (Knockoff-style) and report fidelity vs budget."""
     from bastion.assess.extraction import assess

@@ -9,6 +9,7 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
@@ -50,10 +51,7 @@ def pii_command(
     chunk_rows: Annotated[
         int, typer.Option("--chunk-rows", min=1, help="Rows read and scanned at a time.")
     ] = 20_000,
-    ledger: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--ledger", help="Record the scan in this ledger (see `bastion ledger`)."),
-    ] = None,
+    ledger: LedgerOption = None,
 ) -> None:
     """Find e-mails, phones, payment cards, IBANs, SSNs, IPs and birth dates in a dataset."""
     threshold = parse_severity(fail_on)

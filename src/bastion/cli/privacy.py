@@ -16,6 +16,7 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
@@ -53,10 +54,6 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Seed for every random c
 PlotOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--plot", help="Write a PNG plot to this path."),
-]
-LedgerOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--ledger", help="Record the assessment in this ledger (`bastion ledger`)."),
 ]
 
 

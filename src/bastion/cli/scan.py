@@ -9,6 +9,7 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LedgerOption,
     OutOption,
     emit,
     friendly_errors,
@@ -57,10 +58,7 @@ def scan_command(
         Optional[int],  # noqa: UP045
         typer.Option("--jobs", "-j", help="Processes to scan with (default: all cores)."),
     ] = None,
-    ledger: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--ledger", help="Record the scan in this ledger (see `bastion ledger`)."),
-    ] = None,
+    ledger: LedgerOption = None,
 ) -> None:
     """Scan model files for code that would run on load, by content, never by name."""
     threshold = parse_severity(fail_on)
