@@ -23,6 +23,7 @@ from bastion.assess.poisoning import (
 )
 from bastion.cli.main import app
 from bastion.errors import UsageError
+from bastion.govern.ledger import Ledger
 
 runner = CliRunner()
 
@@ -104,11 +105,17 @@ def test_cli_table_json_and_plot(tmp_path: Path, digits) -> None:
         "-f",
         "json",
     ]
-    result = runner.invoke(app, args)
+    ledger = tmp_path / "audit.db"
+    assert runner.invoke(app, ["ledger", "init", str(ledger)]).exit_code == 0
+    result = runner.invoke(app, [*args, "--ledger", str(ledger)])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert len(document["artifacts"]) == 4
     assert plot.read_bytes().startswith(b"\x89PNG")
+    with Ledger.open(ledger) as opened:
+        (event,) = [entry.event for entry in opened.entries()]
+    assert event["kind"] == "assess" and event["details"]["assessment"] == "poisoning"
+    assert event["details"]["baseline_accuracy"] == document["metrics"]["baseline_accuracy"]
     bad = runner.invoke(app, [*args[:4], "--rates", "2"])
     assert bad.exit_code == 2 and "each rate must be in [0, 1)" in bad.output
 

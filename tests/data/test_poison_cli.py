@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bastion.cli.main import app
+from bastion.govern.events import file_digest
+from bastion.govern.ledger import Ledger
 
 runner = CliRunner()
 
@@ -120,6 +122,8 @@ def test_check_csv_with_a_scikit_learn_model_finds_flipped_labels(tmp_path: Path
     )
     joblib.dump(LogisticRegression(max_iter=200).fit(x, names), tmp_path / "model.joblib")
     rows_out = tmp_path / "rows.json"
+    ledger = tmp_path / "audit.db"
+    assert runner.invoke(app, ["ledger", "init", str(ledger)]).exit_code == 0
     result = runner.invoke(
         app,
         [
@@ -139,9 +143,17 @@ def test_check_csv_with_a_scikit_learn_model_finds_flipped_labels(tmp_path: Path
             "medium",
             "-f",
             "json",
+            "--ledger",
+            str(ledger),
         ],
     )
     assert result.exit_code == 1, result.output
     rows = json.loads(rows_out.read_text())
     assert {r["row"] for r in rows} >= set(flipped)
     assert all(r["label"] in {"ant", "bee", "cat"} for r in rows)
+    with Ledger.open(ledger) as opened:
+        (event,) = [entry.event for entry in opened.entries()]
+    assert event["kind"] == "scan" and event["details"]["check"] == "data-poisoning"
+    assert [s["digest"] for s in event["subjects"]] == [
+        file_digest(tmp_path / "train.csv"), file_digest(tmp_path / "model.joblib")]
+    assert event["details"]["suspicious"] == len(rows)

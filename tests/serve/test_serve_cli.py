@@ -37,6 +37,31 @@ def test_api_keys_create_list_revoke(tmp_path):
         "revoked"] is True
 
 
+def test_api_key_events_go_to_the_ledger_without_the_key(tmp_path):
+    from bastion.govern.ledger import Ledger
+
+    keys, ledger = tmp_path / "keys.json", tmp_path / "audit.db"
+    assert runner.invoke(app, ["ledger", "init", str(ledger)]).exit_code == 0
+    created = runner.invoke(app, ["api-keys", "create", "--name", "bob", "--keys", str(keys),
+                                  "--ledger", str(ledger)])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    key_id = json.loads(runner.invoke(app, ["api-keys", "list", "--keys", str(keys)]).stdout)["id"]
+    revoked = runner.invoke(app, ["api-keys", "revoke", key_id, "--keys", str(keys),
+                                  "--ledger", str(ledger)])
+    assert revoked.exit_code == 0, revoked.output
+    with Ledger.open(ledger) as opened:
+        events = [entry.event for entry in opened.entries()]
+    assert [(e["kind"], e["details"]["action"]) for e in events] == [
+        ("key-event", "create"), ("key-event", "revoke")]
+    assert {e["subjects"][0]["name"] for e in events} == {f"api-key {key_id}"}
+    assert token.split("_", 2)[2] not in ledger.read_bytes().decode("latin-1")
+    missing = runner.invoke(app, ["api-keys", "create", "--name", "eve", "--keys", str(keys),
+                                  "--ledger", str(tmp_path / "none.db")])
+    assert missing.exit_code == 2 and "no ledger at" in missing.output
+    assert "eve" not in keys.read_text()  # nothing created when the record cannot be kept
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -84,3 +84,24 @@ def emit(report: Report, fmt: str, out: str | None, fail_on: Severity) -> None:
             sys.stdout.write(text)
     if any(f.severity >= fail_on for f in report.findings):
         raise typer.Exit(1)
+
+
+def check_ledger(ledger: str | None) -> None:
+    """A missing or foreign --ledger fails before the command does any work or writes."""
+    if ledger is not None:
+        from bastion.govern.ledger import Ledger
+
+        Ledger.open(ledger).close()
+
+
+def record_files(ledger: str | None, kind: str, files: list[str], details: dict) -> None:
+    """Record one event whose subjects are `files` (those that exist, by content digest)."""
+    if ledger is None:
+        return
+    import os
+
+    from bastion.govern.events import Event, default_actor, subject_for_file
+    from bastion.govern.ledger import record
+
+    subjects = tuple(subject_for_file(f) for f in files if os.path.isfile(f))
+    record(ledger, [Event(kind=kind, actor=default_actor(), subjects=subjects, details=details)])

@@ -14,15 +14,18 @@ from bastion.cli.common import (
     FormatOption,
     LedgerOption,
     OutOption,
+    check_ledger,
     emit,
     friendly_errors,
     parse_severity,
+    record_files,
 )
 from bastion.data.dataset import load_dataset
 from bastion.data.diff import DiffPolicy, DiffResult, diff_datasets, diff_findings
 from bastion.data.neural_cleanse import search_triggers
 from bastion.data.poison import DETECTORS, CheckResult, check_dataset, check_findings
 from bastion.errors import UsageError
+from bastion.findings import Severity
 from bastion.fsutil import atomic_write
 from bastion.govern.events import Event, Subject, default_actor
 from bastion.govern.ledger import record
@@ -183,9 +186,11 @@ def check_command(
     fmt: FormatOption = "table",
     fail_on: FailOnOption = "high",
     out: OutOption = None,
+    ledger: LedgerOption = None,
 ) -> None:
     """Rank the training rows that look poisoned: label issues, backdoors, duplicates, outliers."""
     threshold = parse_severity(fail_on)
+    check_ledger(ledger)
     dataset = load_dataset(data, label=label)
     if dataset.y is None:
         raise UsageError(f"{data} has no labels; name the label column with --label")
@@ -224,4 +229,7 @@ def check_command(
     if triggers is not None:
         artifacts.append({"trigger_search": triggers.to_json()})
     report = Report(f"data check --data {data}", findings, artifacts, metrics)
+    counts = {str(s): sum(f.severity == s for f in findings) for s in Severity}
+    record_files(ledger, "scan", [data, *([model] if model else [])],
+                 {"check": "data-poisoning", **metrics, "findings": counts})
     emit(report, fmt, out, threshold)

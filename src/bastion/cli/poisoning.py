@@ -10,7 +10,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from bastion.assess.poisoning import ATTACKS, PoisoningAssessment, assess_poisoning, sklearn_trainer
-from bastion.cli.common import FormatOption, OutOption, emit, friendly_errors
+from bastion.cli.common import (
+    FormatOption,
+    LedgerOption,
+    OutOption,
+    check_ledger,
+    emit,
+    friendly_errors,
+    record_files,
+)
 from bastion.data.dataset import load_dataset
 from bastion.errors import InputError, UsageError
 from bastion.findings import Severity
@@ -109,10 +117,12 @@ def poisoning_command(
     ] = None,
     fmt: FormatOption = "table",
     out: OutOption = None,
+    ledger: LedgerOption = None,
 ) -> None:
     """Simulate label flipping and BadNets backdoors at each rate; retrain; measure."""
     from sklearn.model_selection import train_test_split
 
+    check_ledger(ledger)
     chosen = [a.strip() for a in attacks.split(",") if a.strip()]
     dataset = load_dataset(data, label=label)
     if dataset.y is None:
@@ -143,4 +153,6 @@ def poisoning_command(
         **{f"baseline_success_{k}": round(v, 4) for k, v in result.baseline_attack_success.items()},
     }
     report = Report(f"assess poisoning --data {data}", [], result.table(), metrics)
+    record_files(ledger, "assess", [data, *([model] if model else [])],
+                 {"assessment": "poisoning", **metrics})
     emit(report, fmt, out, Severity.CRITICAL)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from bastion.cli.common import err_console, friendly_errors
+from bastion.cli.common import LedgerOption, check_ledger, err_console, friendly_errors
 from bastion.errors import UsageError
+
+if TYPE_CHECKING:
+    from bastion.serve.auth import ApiKey
 
 api_keys_app = typer.Typer(
     help="API keys for the `bastion serve` gateway (stored hashed, shown once).",
@@ -165,15 +168,18 @@ def create_key(
     rate: Annotated[float, typer.Option("--rate", help="Requests/s.")] = 10.0,
     burst: Annotated[int, typer.Option("--burst")] = 20,
     daily_budget: Annotated[int, typer.Option("--daily-budget", help="Queries per day.")] = 10_000,
+    ledger: LedgerOption = None,
 ) -> None:
     """Create a key; it is printed once and only its hash is stored."""
     from bastion.govern.events import utc_now
     from bastion.serve.auth import KeyFile
 
+    check_ledger(ledger)
     store = KeyFile.load(keys, create=True)
     key, token = store.create(name, scopes=tuple(scope or ("infer", "metadata")), rate=rate,
                               burst=burst, daily_budget=daily_budget, created=utc_now())
     store.save()
+    _record_key_event(ledger, key, "create")
     err_console.print(f"created key {key.id} ({name}); store it now, it is not shown again:")
     typer.echo(token)
 
@@ -195,11 +201,27 @@ def list_keys(keys: KeysFileOption = "bastion-keys.json") -> None:
 def revoke_key(
     key_id: Annotated[str, typer.Argument(help="The key's id (from `list`).")],
     keys: KeysFileOption = "bastion-keys.json",
+    ledger: LedgerOption = None,
 ) -> None:
     """Revoke a key; a running gateway refuses it within a second."""
     from bastion.serve.auth import KeyFile
 
+    check_ledger(ledger)
     store = KeyFile.load(keys)
-    store.revoke(key_id)
+    revoked = store.revoke(key_id)
     store.save()
+    _record_key_event(ledger, revoked, "revoke")
     err_console.print(f"revoked key {key_id}")
+
+
+def _record_key_event(ledger: str | None, key: ApiKey, action: str) -> None:
+    """A key-event naming the key by id and by the hash the key file stores (never the key)."""
+    if ledger is None:
+        return
+    from bastion.govern.events import Event, Subject, default_actor
+    from bastion.govern.ledger import record
+
+    subject = Subject(f"api-key {key.id}", f"sha256:{key.digest}")
+    details = {"action": action, "name": key.name, "scopes": list(key.scopes)}
+    record(ledger, [Event(kind="key-event", actor=default_actor(), subjects=(subject,),
+                          details=details)])

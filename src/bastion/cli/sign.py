@@ -13,11 +13,18 @@ from typing import Any, TypeVar
 import typer
 from rich.markup import escape
 
-from bastion.cli.common import err_console, friendly_errors
+from bastion.cli.common import (
+    LedgerOption,
+    check_ledger,
+    err_console,
+    friendly_errors,
+    record_files,
+)
 from bastion.errors import InputError
 from bastion.supplychain.sign import (
     DEFAULT_SHARD_SIZE,
     VerificationError,
+    default_signature_path,
     generate_key_pair,
     sign,
     verify,
@@ -117,8 +124,10 @@ def sign_command(
     certificate_chain: list[str] = EmbedChainOption,
     passphrase_env: str = PassphraseEnvOption,
     workers: int | None = WorkersOption,
+    ledger: LedgerOption = None,
 ) -> None:
     """Sign a model or dataset folder (or one file) into an OpenSSF model-signing bundle."""
+    check_ledger(ledger)
     result = sign(
         path,
         key,
@@ -138,6 +147,9 @@ def sign_command(
         f"signed {result.path}: {result.files} files, {_size(result.bytes)}, "
         f"{result.method}/{result.hash_type} -> {result.signature} ({result.seconds:.2f} s)"
     )
+    details = {"path": str(result.path), "files": result.files, "method": result.method,
+               "hash": result.hash_type}
+    record_files(ledger, "sign", [str(result.signature)], details)
 
 
 @friendly_errors
@@ -155,22 +167,32 @@ def verify_command(
     ignore: list[str] = IgnoreOption,
     allow_symlinks: bool = AllowSymlinksOption,
     workers: int | None = WorkersOption,
+    ledger: LedgerOption = None,
 ) -> None:
     """Verify a model or dataset against its signature; exit 1 and say what differs if not."""
-    result = verify(
-        path,
-        key,
-        signature,
-        certificate_chain=certificate_chain,
-        ignore=ignore,
-        allow_symlinks=allow_symlinks,
-        workers=workers,
-    )
+    check_ledger(ledger)
+    try:
+        result = verify(
+            path,
+            key,
+            signature,
+            certificate_chain=certificate_chain,
+            ignore=ignore,
+            allow_symlinks=allow_symlinks,
+            workers=workers,
+        )
+    except VerificationError as exc:
+        # A failed verification is worth recording too (the signature may be missing).
+        details = {"path": path, "verified": False, "reason": exc.message}
+        record_files(ledger, "verify", [str(signature or default_signature_path(path))], details)
+        raise
     typer.echo(
         f"verified {result.path}: {result.files} files, {_size(result.bytes)}, "
         f"{result.method}/{result.hash_type}, signed by {result.signer} "
         f"({result.seconds:.2f} s)"
     )
+    details = {"path": str(result.path), "verified": True, "signer": str(result.signer)}
+    record_files(ledger, "verify", [str(signature or default_signature_path(path))], details)
 
 
 keys_app = typer.Typer(help="Create signing keys.", no_args_is_help=True)
@@ -198,11 +220,16 @@ def keys_generate_command(
     ),
     passphrase_env: str = PassphraseEnvOption,
     force: bool = typer.Option(False, "--force", help="Replace existing key files."),
+    ledger: LedgerOption = None,
 ) -> None:
     """Write a new elliptic-curve key pair (PEM) for `bastion sign` and `bastion verify`."""
+    check_ledger(ledger)
     passphrase = _new_passphrase(passphrase_env) if encrypt else None
     private, public_path = generate_key_pair(
         out, public, curve=curve, passphrase=passphrase, overwrite=force
     )
     state = "encrypted" if passphrase else "unencrypted"
     typer.echo(f"wrote {private} ({state} private key, keep it secret) and {public_path}")
+    # The public key only: the private one never enters the record.
+    record_files(ledger, "key-event", [str(public_path)], {"action": "generate", "curve": curve})
+

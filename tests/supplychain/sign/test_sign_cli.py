@@ -145,3 +145,35 @@ def test_certificate_signing_and_chain_verification(model, pki):
     untrusted = run("verify", model, "--certificate-chain", pki.stranger_root)
     assert untrusted.exit_code == 1
     assert "is not trusted" in untrusted.stderr
+
+
+def test_ledger_records_key_sign_and_both_verification_outcomes(model, tmp_path):
+    from bastion.govern.events import file_digest
+    from bastion.govern.ledger import Ledger
+
+    ledger = tmp_path / "audit.db"
+    assert run("ledger", "init", ledger).exit_code == 0
+    key = tmp_path / "k.pem"
+    assert run("keys", "generate", "--out", key, "--ledger", ledger).exit_code == 0
+    assert run("sign", model, "--key", key, "--ledger", ledger).exit_code == 0
+    assert run("verify", model, "--key", tmp_path / "k.pub", "--ledger", ledger).exit_code == 0
+    signature_digest = file_digest(model / "model.sig")
+    (model / "config.json").write_bytes(b"changed")
+    assert run("verify", model, "--key", tmp_path / "k.pub", "--ledger", ledger).exit_code == 1
+    with Ledger.open(ledger) as opened:
+        events = [entry.event for entry in opened.entries()]
+    assert [e["kind"] for e in events] == ["key-event", "sign", "verify", "verify"]
+    assert events[0]["subjects"][0]["digest"] == file_digest(tmp_path / "k.pub")
+    assert {e["subjects"][0]["digest"] for e in events[1:]} == {signature_digest}
+    assert events[2]["details"]["verified"] is True
+    assert events[3]["details"] == {
+        "path": str(model), "verified": False, "reason": "file changed: config.json"
+    }
+
+
+def test_missing_ledger_fails_before_signing(model, cli_keys, tmp_path):
+    private, _ = cli_keys
+    result = run("sign", model, "--key", private, "--ledger", tmp_path / "none.db")
+    assert result.exit_code == 2
+    assert "no ledger at" in result.output
+    assert not (model / "model.sig").exists()
