@@ -190,7 +190,21 @@ class Extraction(_Section):
     max_fidelity: Fraction = 0.8
 
 
+# `bastion data check`'s detectors: the row-level ones of `bastion.data.poison.DETECTORS` and
+# `trigger` (Neural Cleanse, for a torch image model only).
+PoisoningDetector = Literal["labels", "backdoor", "duplicates", "outliers", "trigger"]
+
+
+class Poisoning(_Section):
+    """Which of `bastion data check`'s detectors the poisoning check runs (all by default)."""
+
+    detectors: list[PoisoningDetector] = Field(
+        default_factory=lambda: ["labels", "backdoor", "duplicates", "outliers", "trigger"],
+        min_length=1)
+
+
 class ThreatModel(_Section):
+    poisoning: Poisoning = Poisoning()
     evasion: Evasion | None = None
     membership: Membership | None = None
     inversion: Inversion | None = None

@@ -67,7 +67,11 @@ def test_audit_finds_each_planted_problem_and_nothing_else(audited) -> None:
         ("BST-AUD-SIG-001", "models/digits.joblib", None),  # the unsigned model
         ("BST-AUD-SRV-001", "bastion.toml", "serving.host"),  # 0.0.0.0 without TLS
         ("BST-AUD-SRV-002", "bastion.toml", "serving.require_api_keys"),  # no API keys
+        ("BST-DATA-011", "data/train.csv", None),  # the poisoned slice: a backdoor cluster
     }
+    backdoor = next(f for f in document["findings"] if f["rule_id"] == "BST-DATA-011")
+    assert backdoor["evidence"]["classes"] == ["0"]  # the demo's target class
+    assert set(backdoor["evidence"]["first_rows"]) <= set(example.poisoned_rows)
     medium = {(f["rule_id"], f["location"]["member"]) for f in document["findings"]
               if f["severity"] in ("medium", "low")
               and f["location"]["path"] == str(example.config)}
@@ -96,12 +100,12 @@ def test_every_finding_explains_itself(audited) -> None:
 
 
 def test_json_report_and_scores(audited) -> None:
-    _, _, out = audited
+    example, _, out = audited
     document = json.loads((out / "audit.json").read_text())
     jsonschema.validate(document, REPORT_SCHEMA)
     metrics = document["metrics"]
     assert metrics["gate"] == {"passed": False, "fail_on": "high", "thresholds": {},
-                               "blocking": 9}
+                               "blocking": 10}
     scores = metrics["scores"]
     assert set(scores) == {t.value for t in Threat}
     assert scores["supply-chain"]["score"] == 0 and scores["supply-chain"]["grade"] == "F"
@@ -111,10 +115,19 @@ def test_json_report_and_scores(audited) -> None:
     # the digits hold no personal data; nobody declared a sensitive column or MIFace.
     assert scores["privacy"] == {"score": 96, "grade": "A", "checks": ["membership", "pii"]}
     assert scores["model-inversion"]["score"] is None
+    # The backdoor cluster (high), a few label issues (medium) and outliers (low) in the digits.
+    assert scores["data-poisoning"] == {"score": 46, "grade": "D", "checks": ["poisoning"]}
+    poisoning = metrics["checks"]["poisoning"]["metrics"]
+    assert poisoning["flagged_backdoor"] == len(example.poisoned_rows)
+    assert poisoning["model"] == {"used": True, "as": "estimator"}
+    rows = out / "checks" / "poisoning" / "poisoning-rows.csv"
+    assert {"path": str(rows), "kind": "suspicious-rows",
+            "rows": poisoning["suspicious"]} in document["artifacts"]
     assert {n: c["status"] for n, c in metrics["checks"].items()} == {
         "bom": "ran", "deps": "not applicable",  # no OSV folder declared, and never online
         "documentation": "ran", "evasion": "ran", "inversion": "not applicable",
-        "membership": "ran", "pii": "ran", "scan": "ran", "serving": "ran", "signature": "ran"}
+        "membership": "ran", "pii": "ran", "poisoning": "ran", "scan": "ran", "serving": "ran",
+        "signature": "ran"}
     membership = metrics["checks"]["membership"]["metrics"]
     assert (membership["members"], membership["nonmembers"], membership["references"]) == (
         1437, 360, 4)
@@ -140,8 +153,9 @@ def test_markdown_is_a_pull_request_comment(audited) -> None:
     _, _, out = audited
     text = (out / "audit.md").read_text()
     assert text.startswith("## Bastion audit: digits-demo\n")
-    assert "❌ **gate failed**: 9 finding(s) at or above high" in text
+    assert "❌ **gate failed**: 10 finding(s) at or above high" in text
     assert "| supply-chain | 0 | F |" in text
+    assert "| data-poisoning | 46 | D |" in text
     assert "`BST-AUD-SIG-001` | `models/digits.joblib`" in text
     assert "<details><summary>" in text and len(text) < 60_000
 
@@ -192,7 +206,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     statuses = {n: c["status"] for n, c in document["metrics"]["checks"].items()}
     assert statuses == {"bom": "skipped", "deps": "skipped", "documentation": "ran",
                         "evasion": "skipped", "inversion": "skipped", "membership": "skipped",
-                        "pii": "skipped", "scan": "ran", "serving": "skipped",
+                        "pii": "skipped", "poisoning": "skipped", "scan": "ran",
+                        "serving": "skipped",
                         "signature": "skipped"}
     skipped = audit_cli("--config", str(config), "--out", str(small / "s"), "--skip", "signature",
                         "--skip", "scan", "--format", "md")
@@ -204,7 +219,7 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     ("args", "message"),
     [
         (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, deps, documentation, "
-         "evasion, inversion, membership, pii, scan, serving, signature)"),
+         "evasion, inversion, membership, pii, poisoning, scan, serving, signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),
     ],

@@ -21,7 +21,10 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "found exactly the planted problems" not in output  # --fix goes on to the fixes
-    assert output.count("found (BST-") == len(PLANTED) + 7
+    # The malicious downloads, the unsigned model, six serving problems, the poisoned slice.
+    assert output.count("found (BST-") == len(PLANTED) + 8
+    assert "found (BST-DATA-011, high)" in output
+    assert "not checked" not in output
     assert "missed" not in output and "unexpected" not in output
     assert f"Report: {workdir / 'reports' / 'audit.html'}" in output
     assert "Gate passed" in output
@@ -35,6 +38,13 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
         if f["severity"] in ("high", "critical") and "downloads" in f["location"]["path"]
     }
     assert blocking == set(PLANTED)
+    poisoned = {f["rule_id"] for f in before["findings"]
+                if f["location"]["path"] == str(workdir / "data" / "train.csv")
+                and f["severity"] in ("high", "critical")}
+    assert poisoned == {"BST-DATA-011"}
+    # Retrained without the poisoned rows: the check ran again and no backdoor is left.
+    assert after["metrics"]["checks"]["poisoning"]["status"] == "ran"
+    assert after["metrics"]["checks"]["poisoning"]["metrics"]["flagged_backdoor"] == 0
     signature = after["metrics"]["checks"]["signature"]["metrics"]["models"]
     assert signature[str(workdir / "models" / "digits.joblib")]["verified"] is True
     # The fixes do not make the model robust to adversarial examples: that finding stays medium.

@@ -53,6 +53,25 @@ def load_target(config: AuditConfig) -> Any:
                      "\"module:function\"")
 
 
+def classifier(config: AuditConfig, input_shape: tuple[int, ...],
+               clip_values: tuple[float, float] | None = None) -> Any:
+    """The model as a `Classifier`, resolved as every command resolves `--model` (TorchScript,
+    torch weights with `[model] factory`, ONNX, scikit-learn; scanned first, refused at
+    high), with the project folder on the import path while the factory is imported."""
+    from bastion.models.resolve import resolve_model
+
+    root = str(config.root)
+    added = config.model.factory is not None and root not in sys.path
+    if added:
+        sys.path.insert(0, root)  # the factory's module lives beside bastion.toml
+    try:
+        return resolve_model(model_file(config), config.model.factory, input_shape,
+                             clip_values=clip_values)
+    finally:
+        if added:
+            sys.path.remove(root)
+
+
 def is_torch(model: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 import bastion.assess.evasion.rules  # noqa: F401 - registers the BST-EVA rules where reports render
 from bastion.audit_checks import Check, CheckContext, CheckResult, Plot
+from bastion.audit_checks._model import classifier
 from bastion.audit_checks._packages import shown
 from bastion.config import DEFAULT_CONFIG, AuditConfig, Evasion
 from bastion.errors import InputError
@@ -73,18 +73,7 @@ def _clip(config: AuditConfig, x: np.ndarray) -> tuple[float, float]:
 
 
 def _classifier(config: AuditConfig, x: np.ndarray, clip: tuple[float, float]) -> Any:
-    from bastion.models.resolve import resolve_model
-
-    root = str(config.root)
-    added = config.model.factory is not None and root not in sys.path
-    if added:
-        sys.path.insert(0, root)  # the factory's module lives beside bastion.toml
-    try:
-        return resolve_model(config.model_paths()[0], config.model.factory,
-                             tuple(x.shape[1:]), clip_values=clip)
-    finally:
-        if added:
-            sys.path.remove(root)
+    return classifier(config, tuple(x.shape[1:]), clip)
 
 
 def _attacks(config: AuditConfig, evasion: Evasion, classifier: Any) -> str | list[str]:

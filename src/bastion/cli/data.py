@@ -112,7 +112,7 @@ def diff_command(
     emit(report, fmt, out, threshold)
 
 
-def _rows_table(rows: list[dict[str, Any]], path: str) -> None:
+def write_rows(rows: list[dict[str, Any]], path: str) -> None:
     if path.endswith(".json"):
         atomic_write(path, json.dumps(rows, indent=2, default=str) + "\n")
         return
@@ -127,7 +127,7 @@ def _rows_table(rows: list[dict[str, Any]], path: str) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def _score_plot(result: CheckResult, path: str) -> None:
+def score_plot(result: CheckResult, path: str) -> None:
     import io
 
     import matplotlib
@@ -215,9 +215,9 @@ def check_command(
     )
     rows = result.ranked_rows(dataset.y, dataset.classes)
     if rows_out:
-        _rows_table(rows, rows_out)
+        write_rows(rows, rows_out)
     if plot:
-        _score_plot(result, plot)
+        score_plot(result, plot)
     findings = check_findings(result, data, dataset.classes, triggers=triggers)
     metrics = {
         "rows": result.n_rows,

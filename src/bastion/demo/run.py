@@ -118,7 +118,7 @@ def planted_problems() -> list[Planted]:
         Planted("no daily query budget against extraction", "serving", "bastion.toml",
                 rule_id="BST-AUD-SRV-008"),
         Planted("poisoned slice in the training data", "poisoning", TRAIN,
-                threat=Threat.DATA_POISONING),
+                rule_id="BST-DATA-011", min_severity=Severity.HIGH),
     ]
     return problems
 
