@@ -154,6 +154,11 @@ def _timed(name: str, config: AuditConfig, ctx: CheckContext) -> tuple[CheckResu
     return result, error, time.perf_counter() - started
 
 
+# forkserver, not fork: a forked worker inherits OpenMP's state from a parent that already ran
+# scikit-learn or torch, and its first KMeans or matrix product can then hang on a lock.
+START_METHOD = "forkserver"
+
+
 def _in_process(names: list[str], config: AuditConfig, contexts: dict[str, CheckContext],
                 jobs: int, progress: Progress) -> Iterator[tuple[str, tuple]]:
     if jobs <= 1 or len(names) <= 1:
@@ -162,7 +167,7 @@ def _in_process(names: list[str], config: AuditConfig, contexts: dict[str, Check
             yield name, _timed(name, config, contexts[name])
         return
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    context = multiprocessing.get_context(START_METHOD if START_METHOD in methods else None)
     waiting = list(names)
     with ProcessPoolExecutor(min(jobs, len(names)), mp_context=context) as pool:
         pending: dict[Future, str] = {}

@@ -283,6 +283,8 @@ def test_a_worker_that_dies_is_a_finding(small: Path, monkeypatch) -> None:
     dying = Check("dying", "Kills its worker", (Threat.PRIVACY,), lambda config: True, _dies)
     checks = {**registry(), "dying": dying}
     monkeypatch.setattr(audit_module, "registry", lambda: checks)
+    # fork, so the worker sees this test's registry (a fresh forkserver worker would not)
+    monkeypatch.setattr(audit_module, "START_METHOD", "fork")
     result = run_audit(load_config(_write_config(small, "")), out=small / "o", jobs=2)
     assert result.outcome("dying").status == "error"
     assert "worker process died" in result.outcome("dying").error

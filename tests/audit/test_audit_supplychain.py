@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -193,8 +194,10 @@ def test_supply_chain_config_errors_are_one_line(project: Path, supply_chain: st
 
 def _command_paths(cli: typer.Typer) -> set[tuple[str, ...]]:
     group = typer.main.get_command(cli)
+    context = click.Context(group)
     paths = set()
-    for name, command in group.commands.items():
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         paths.add((name,))
         for sub in getattr(command, "commands", {}):
             paths.add((name, sub))

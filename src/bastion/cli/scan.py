@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -16,10 +16,11 @@ from bastion.cli.common import (
     parse_severity,
 )
 from bastion.findings import Severity
-from bastion.govern.events import Event, Subject, default_actor, file_digest
-from bastion.govern.ledger import record
 from bastion.report import Report
 from bastion.supplychain.scan import ScanResult, scan
+
+if TYPE_CHECKING:
+    from bastion.govern.events import Event
 
 
 def scan_report(result: ScanResult, command: str) -> Report:
@@ -33,6 +34,8 @@ def scan_report(result: ScanResult, command: str) -> Report:
 
 def scan_event(result: ScanResult) -> Event:
     """The ledger's record of a scan: each file with its digest, and counts by severity."""
+    from bastion.govern.events import Event, Subject, default_actor, file_digest
+
     counts = {str(s): sum(f.severity == s for f in result.findings) for s in Severity}
     return Event(
         kind="scan",
@@ -64,5 +67,7 @@ def scan_command(
     threshold = parse_severity(fail_on)
     result = scan(*paths, trusted=trust or (), jobs=jobs)
     if ledger is not None:
+        from bastion.govern.ledger import record  # only when asked: it loads the crypto stack
+
         record(ledger, [scan_event(result)])
     emit(scan_report(result, "scan " + " ".join(paths)), fmt, out, threshold)

@@ -220,7 +220,9 @@ def label_issues(
     from cleanlab.filter import find_label_issues
 
     probabilities = out_of_fold_probabilities(x, y, estimator, options.folds, rng)
-    issues = find_label_issues(labels=y, pred_probs=probabilities)
+    # n_jobs=1: cleanlab's own pool forks, which deadlocks inside an audit worker or a Ray
+    # task whose threads hold locks; the work is a sort per class, fast in one process.
+    issues = find_label_issues(labels=y, pred_probs=probabilities, n_jobs=1)
     result.scores["label_issue"] = 1.0 - probabilities[np.arange(len(y)), y]
     result.flags["label_issue"] = issues
     for row in np.flatnonzero(issues):
