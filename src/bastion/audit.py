@@ -405,6 +405,10 @@ def record_audit(config: AuditConfig, result: AuditResult, reports: dict[str, Pa
         "scores": {t.value: s.score for t, s in result.scores.items()},
         "reports": {fmt: {"path": str(p), "digest": file_digest(p)} for fmt, p in reports.items()},
     }
+    # The data_diff check's dataset roots: what the next audit compares its data against.
+    data = next((o for o in result.outcomes if o.name == "data_diff" and o.status == RAN), None)
+    if data is not None and data.result.metrics.get("record"):
+        details["datasets"] = data.result.metrics["record"]
     event = Event(kind="assess", actor=default_actor(), subjects=tuple(_subjects(config)),
                   details=details)
     key = config.resolve(config.ledger.key) if config.ledger.key else None

@@ -85,6 +85,7 @@ class DataSet(_Section):
     path: str
     label: str | None = None
     key: str | None = None
+    baseline: str | None = None  # the previously audited version, for the data_diff check
 
 
 class Data(_Section):
@@ -203,8 +204,18 @@ class Poisoning(_Section):
         min_length=1)
 
 
+class DataDiff(_Section):
+    """How much the data may change between audits before the data_diff check reports it
+    (fractions of the previously audited rows; `bastion data diff`'s policy)."""
+
+    max_changed: Fraction = 0.05
+    max_label_changes: Fraction = 0.001
+    max_class_shift: Fraction = 0.02
+
+
 class ThreatModel(_Section):
     poisoning: Poisoning = Poisoning()
+    data_diff: DataDiff = DataDiff()
     evasion: Evasion | None = None
     membership: Membership | None = None
     inversion: Inversion | None = None
@@ -399,6 +410,9 @@ def check_paths(config: AuditConfig, source: str) -> None:
         dataset = getattr(config.data, name)
         if dataset is not None:
             _require(f"data.{name}.path", config.resolve(dataset.path), "data", source)
+            if dataset.baseline is not None:
+                _require(f"data.{name}.baseline", config.resolve(dataset.baseline),
+                         "baseline data", source)
     if config.signing.public_key:
         key = config.resolve(config.signing.public_key)
         _require("signing.public_key", key, "public key", source)

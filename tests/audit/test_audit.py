@@ -116,7 +116,9 @@ def test_json_report_and_scores(audited) -> None:
     assert scores["privacy"] == {"score": 96, "grade": "A", "checks": ["membership", "pii"]}
     assert scores["model-inversion"]["score"] is None
     # The backdoor cluster (high), a few label issues (medium) and outliers (low) in the digits.
-    assert scores["data-poisoning"] == {"score": 46, "grade": "D", "checks": ["poisoning"]}
+    # data_diff found nothing: the demo's ledger is new, so this audit is the data's baseline.
+    assert scores["data-poisoning"] == {"score": 46, "grade": "D",
+                                        "checks": ["data_diff", "poisoning"]}
     poisoning = metrics["checks"]["poisoning"]["metrics"]
     assert poisoning["flagged_backdoor"] == len(example.poisoned_rows)
     assert poisoning["model"] == {"used": True, "as": "estimator"}
@@ -124,7 +126,8 @@ def test_json_report_and_scores(audited) -> None:
     assert {"path": str(rows), "kind": "suspicious-rows",
             "rows": poisoning["suspicious"]} in document["artifacts"]
     assert {n: c["status"] for n, c in metrics["checks"].items()} == {
-        "bom": "ran", "deps": "not applicable",  # no OSV folder declared, and never online
+        "bom": "ran", "data_diff": "ran",
+        "deps": "not applicable",  # no OSV folder declared, and never online
         "documentation": "ran", "evasion": "ran", "inversion": "not applicable",
         "membership": "ran", "pii": "ran", "poisoning": "ran", "scan": "ran", "serving": "ran",
         "signature": "ran"}
@@ -173,6 +176,12 @@ def test_the_ledger_records_what_was_audited(audited) -> None:
     details = event["details"]
     assert details["gate"] == "fail" and details["findings"]["critical"] >= 6
     assert details["reports"]["json"]["digest"] == file_digest(out / "audit.json")
+    # The data_diff check's roots, which the next audit compares the data against.
+    metrics = json.loads((out / "audit.json").read_text())["metrics"]
+    data = metrics["checks"]["data_diff"]["metrics"]["datasets"]
+    assert {role: d["root"] for role, d in details["datasets"].items()} == {
+        "train": data["train"]["root"], "test": data["test"]["root"]}
+    assert data["train"]["status"] == "first audit of this dataset: baseline recorded"
 
 
 @pytest.fixture
@@ -204,7 +213,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
                 if f["rule_id"] == REQUIRED_NOT_RUN.rule_id}
     assert required == {"signature": "skipped", "fuzzing": "no such check is installed"}
     statuses = {n: c["status"] for n, c in document["metrics"]["checks"].items()}
-    assert statuses == {"bom": "skipped", "deps": "skipped", "documentation": "ran",
+    assert statuses == {"bom": "skipped", "data_diff": "skipped", "deps": "skipped",
+                        "documentation": "ran",
                         "evasion": "skipped", "inversion": "skipped", "membership": "skipped",
                         "pii": "skipped", "poisoning": "skipped", "scan": "ran",
                         "serving": "skipped",
@@ -218,8 +228,9 @@ def test_only_skip_and_required_checks(small: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, deps, documentation, "
-         "evasion, inversion, membership, pii, poisoning, scan, serving, signature)"),
+        (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, data_diff, deps, "
+         "documentation, evasion, inversion, membership, pii, poisoning, scan, serving, "
+         "signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),
     ],

@@ -48,8 +48,19 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
     signature = after["metrics"]["checks"]["signature"]["metrics"]["models"]
     assert signature[str(workdir / "models" / "digits.joblib")]["verified"] is True
     # The fixes do not make the model robust to adversarial examples: that finding stays medium.
+    # Removing the poisoned slice changed the training data since the first audit, which the
+    # data_diff check reports (medium: a change to review, not a gate failure); the test data
+    # is the one audited before.
     remaining = {f["rule_id"] for f in after["findings"] if f["severity"] not in ("info", "low")}
-    assert remaining == {"BST-EVA-001"}
+    assert remaining == {"BST-EVA-001", "BST-AUD-DIFF-001"}
+    first_audit = before["metrics"]["checks"]["data_diff"]["metrics"]["datasets"]
+    data_diff = after["metrics"]["checks"]["data_diff"]["metrics"]["datasets"]
+    assert first_audit["train"]["status"] == "first audit of this dataset: baseline recorded"
+    assert data_diff["train"]["status"].startswith("changed since audit #")
+    assert data_diff["test"]["status"].startswith("unchanged since audit #")
+    [changed] = [f for f in after["findings"] if f["rule_id"] == "BST-AUD-DIFF-001"]
+    assert changed["severity"] == "medium"
+    assert changed["location"]["path"] == str(workdir / "data" / "train.csv")
     assert not (workdir / "PAYLOAD_RAN").exists()
 
 
