@@ -79,7 +79,7 @@ def test_state_dict_and_safetensors_with_factory(tmp_path, factory) -> None:
         resolve_model(tmp_path / "w.pt", f"{factory}:wrong", input_shape=(4,))
     with pytest.raises(InputError, match=r"not a torch nn\.Module"):
         resolve_model(tmp_path / "w.pt", f"{factory}:not_a_module", input_shape=(4,))
-    with pytest.raises(InputError, match="cannot import 'nope_missing'"):
+    with pytest.raises(InputError, match="--model-factory: cannot import nope_missing"):
         resolve_model(tmp_path / "w.pt", "nope_missing:build", input_shape=(4,))
     with pytest.raises(UsageError, match="needs the input shape"):
         resolve_model(tmp_path / "w.pt", f"{factory}:build")

@@ -27,7 +27,7 @@ def model_file(config: AuditConfig) -> Path:
 
 def project_callable(config: AuditConfig, spec: str, key: str) -> Any:
     """`module:function` from the configuration, importable from the project folder."""
-    from bastion.cli.privacy import import_callable
+    from bastion.models.resolve import import_callable
 
     root = str(config.root)
     if root not in sys.path:
@@ -37,8 +37,8 @@ def project_callable(config: AuditConfig, spec: str, key: str) -> Any:
 
 def load_target(config: AuditConfig) -> Any:
     """A fitted estimator, or the factory's torch module filled with the weights."""
-    from bastion.cli.privacy import fill_module
     from bastion.models import load
+    from bastion.models.resolve import fill_module
 
     path = model_file(config)
     loaded = load(path)

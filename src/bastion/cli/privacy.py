@@ -3,10 +3,7 @@ records it was trained on."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -26,6 +23,7 @@ from bastion.data import Dataset, load_dataset
 from bastion.errors import InputError, UsageError
 from bastion.govern.events import Event, Subject, default_actor, file_digest
 from bastion.govern.ledger import record
+from bastion.models.resolve import fill_module, import_callable
 from bastion.report import Report
 
 ModelOption = Annotated[
@@ -57,30 +55,6 @@ PlotOption = Annotated[
 ]
 
 
-def import_callable(spec: str, what: str) -> Callable[..., Any]:
-    """`package.module:function` or `path/to/file.py:function`."""
-    target, _, name = spec.rpartition(":")
-    if not target or not name:
-        raise UsageError(f"{what} must look like module:function or file.py:function")
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise InputError(f"{what}: no such file {path}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[path.stem] = module  # so reference-model workers can unpickle it
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except ImportError as exc:
-        raise InputError(f"{what}: cannot import {target} ({exc})") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise InputError(f"{what}: {target} has no function {name!r}")
-    return function
-
-
 def load_target(path: str, factory: str | None) -> Any:
     """The model object: a fitted estimator, or a torch module filled from its weights."""
     from bastion.models import load
@@ -94,22 +68,6 @@ def load_target(path: str, factory: str | None) -> Any:
             "torch weights give --model-factory module:function that builds the network"
         )
     return fill_module(import_callable(factory, "--model-factory")(), loaded, path)
-
-
-def fill_module(module: Any, loaded: Any, path: str) -> Any:
-    """The torch `module` with the weights `loaded` from `path` (a state_dict), in eval mode."""
-    import torch
-
-    if not isinstance(loaded, dict):
-        raise InputError(f"{path}: expected a state_dict of tensors for the model factory")
-    state = {k: torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v
-             for k, v in loaded.items()}  # fmt: skip
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{path}: weights do not fit the factory's network ({first})") from None
-    return module.eval()
 
 
 def _load(path: str, label: str | None, what: str) -> Dataset:

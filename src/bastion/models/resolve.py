@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +150,9 @@ def _torchscript_own(finding: Finding) -> bool:
 
 def _build(factory: str) -> Any:
     """Call the user's `package.module:function` and check it returns an `nn.Module`."""
-    module_name, _, function_name = factory.partition(":")
-    if not module_name or not function_name:
-        raise UsageError(f"--model-factory must look like package.module:function, got {factory!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the user's own package in cwd
-    try:
-        code = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InputError(f"cannot import {module_name!r} for --model-factory: {exc}") from None
-    function = getattr(code, function_name, None)
-    if not callable(function):
-        raise InputError(f"{module_name} has no function {function_name!r} for --model-factory")
+    function = import_callable(factory, "--model-factory")
     import torch
 
     module = function()
@@ -169,12 +161,43 @@ def _build(factory: str) -> Any:
     return module
 
 
+def import_callable(spec: str, what: str) -> Callable[..., Any]:
+    """`package.module:function` or `path/to/file.py:function`."""
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise UsageError(f"{what} must look like module:function or file.py:function")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise InputError(f"{what}: no such file {path}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module  # so reference-model workers can unpickle it
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ImportError as exc:
+        raise InputError(f"{what}: cannot import {target} ({exc})") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise InputError(f"{what}: {target} has no function {name!r}")
+    return function
+
+
+def fill_module(module: Any, weights: Any, path: str | Path) -> Any:
+    """The torch `module` with the `weights` loaded from `path` (a state_dict), in eval mode."""
+    _load_weights(module, weights, Path(path))
+    return module.eval()
+
+
 def _load_weights(module: Any, weights: Any, path: Path) -> None:
     import torch
 
     if not isinstance(weights, Mapping):
         raise InputError(f"{path}: --model-factory needs a state_dict or safetensors file")
-    tensors = {name: torch.as_tensor(value) for name, value in weights.items()}
+    tensors = {name: torch.as_tensor(np.asarray(value)) if not torch.is_tensor(value) else value
+               for name, value in weights.items()}  # fmt: skip
     try:
         result = module.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:  # shapes that do not match
