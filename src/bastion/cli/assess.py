@@ -18,6 +18,7 @@ from bastion.cli.common import (
     FormatOption,
     LedgerOption,
     OutOption,
+    check_ledger,
     emit,
     friendly_errors,
     parse_severity,
@@ -159,10 +160,7 @@ def evasion_command(
         plot_format(plot)
     if not 0 <= floor <= 1:
         raise UsageError(f"--floor must be between 0 and 1, got {floor}")
-    if ledger is not None:
-        from bastion.govern.ledger import Ledger
-
-        Ledger.open(ledger).close()  # a missing ledger fails now, not after the attacks
+    check_ledger(ledger)  # a missing ledger fails now, not after the attacks
     dataset = load_dataset(data, label=label, x_key=x_key, y_key=y_key)
     x = dataset.x[:points] if points else dataset.x
     if np.issubdtype(x.dtype, np.complexfloating):

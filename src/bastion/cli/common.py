@@ -4,6 +4,7 @@ conventions, and the exit code from findings."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, Optional, TypeVar
@@ -98,8 +99,6 @@ def record_files(ledger: str | None, kind: str, files: list[str], details: dict)
     """Record one event whose subjects are `files` (those that exist, by content digest)."""
     if ledger is None:
         return
-    import os
-
     from bastion.govern.events import Event, default_actor, subject_for_file
     from bastion.govern.ledger import record
 
