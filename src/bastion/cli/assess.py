@@ -16,8 +16,11 @@ from rich.table import Table
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LabelOption,
     LedgerOption,
+    ModelFactoryOption,
     OutOption,
+    SeedOption,
     check_ledger,
     emit,
     friendly_errors,
@@ -108,8 +111,7 @@ def evasion_command(
         "or scikit-learn pickle/joblib (scanned first).")] = None,
     model_url: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--model-url", help="A remote JSON endpoint (black-box).")] = None,
-    model_factory: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--model-factory", help="package.module:function that builds the torch network.")] = None,
+    model_factory: ModelFactoryOption = None,
     eps: Annotated[str, typer.Option("--eps", help="Epsilons, comma-separated.")] = "0.01,0.03,0.1",
     declared_eps: Annotated[Optional[float], typer.Option(  # noqa: UP045
         "--declared-eps", help="The epsilon the model must withstand (default: smallest).")] = None,
@@ -123,11 +125,10 @@ def evasion_command(
                                         "black-box attacks.")] = 1000,
     query_limit: Annotated[Optional[int], typer.Option(  # noqa: UP045
         "--query-limit", min=1, help="Total queries allowed to --model-url.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    seed: SeedOption = 0,
     points: Annotated[Optional[int], typer.Option(  # noqa: UP045
         "--points", min=1, help="Assess only the first N rows.")] = None,
-    label: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--label", help="Label column of a table.")] = None,
+    label: LabelOption = None,
     x_key: Annotated[str, typer.Option("--x-key", help="Feature array in the .npz.")] = "x",
     y_key: Annotated[str, typer.Option("--y-key", help="Label array in the .npz.")] = "y",
     clip: Annotated[Optional[str], typer.Option(  # noqa: UP045

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 
-from bastion.cli.common import friendly_errors, parse_severity
+from bastion.cli.common import SeedOption, friendly_errors, parse_severity
 from bastion.errors import InputError
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ def audit_command(
         Optional[int],  # noqa: UP045
         typer.Option("--jobs", "-j", help="Checks run at once (default: all cores)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for every random choice.")] = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Audit a model project end to end: run every applicable check, write one report in
     each format, record the audit in the ledger and exit by the policy (0 pass, 1 fail)."""

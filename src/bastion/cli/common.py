@@ -63,6 +63,16 @@ FailOnOption = Annotated[
 OutOption = Annotated[
     Optional[str], typer.Option("--out", "-o", help="Write the report to this file.")  # noqa: UP045
 ]
+LabelOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--label", help="The label column of CSV, Parquet or JSONL data."),
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
+ModelFactoryOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--model-factory", help="module:function (or file.py:function) building the "
+                 "torch network that a weights file fills."),
+]  # fmt: skip
 LedgerOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
     typer.Option("--ledger", help="Record what the command did in this ledger (`bastion ledger`)."),

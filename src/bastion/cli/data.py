@@ -12,8 +12,11 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LabelOption,
     LedgerOption,
+    ModelFactoryOption,
     OutOption,
+    SeedOption,
     check_ledger,
     emit,
     friendly_errors,
@@ -38,10 +41,6 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 
-LabelOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option("--label", help="The label column (CSV, Parquet, JSONL)."),
-]
 KeyOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--key", help="A column that identifies a row across versions."),
@@ -167,10 +166,7 @@ def check_command(
             "ONNX or scikit-learn (scanned before loading).",
         ),
     ] = None,
-    model_factory: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--model-factory", help="package.module:function building the torch module."),
-    ] = None,
+    model_factory: ModelFactoryOption = None,
     detectors: Annotated[
         str, typer.Option("--detectors", help="Comma list of: " + ", ".join(CLI_DETECTORS))
     ] = ",".join(CLI_DETECTORS),
@@ -182,7 +178,7 @@ def check_command(
         Optional[str],  # noqa: UP045
         typer.Option("--plot", help="Write a histogram of the detectors' scores (.png)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for folds and clustering.")] = 0,
+    seed: SeedOption = 0,
     fmt: FormatOption = "table",
     fail_on: FailOnOption = "high",
     out: OutOption = None,

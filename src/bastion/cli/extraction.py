@@ -14,8 +14,10 @@ from rich.table import Table
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LabelOption,
     LedgerOption,
     OutOption,
+    SeedOption,
     emit,
     friendly_errors,
     parse_severity,
@@ -74,8 +76,7 @@ def extraction_command(
     pool: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer reads annotations
         "--pool", help="Public pool the attacker draws queries from (default: uniform noise "
         "in the input range).")] = None,
-    label: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--label", help="Label column for CSV/Parquet/JSONL data.")] = None,
+    label: LabelOption = None,
     budget: Annotated[str, typer.Option("--budget", help="Query budgets, comma-separated.")
                       ] = "100,250,500,1000",
     strategy: Annotated[str, typer.Option(
@@ -87,7 +88,7 @@ def extraction_command(
         "--input-range", help="Input values LOW:HIGH of a local model.")] = None,
     api_key_env: Annotated[str, typer.Option(
         "--api-key-env", help="Environment variable holding the API key.")] = "BASTION_API_KEY",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: SeedOption = 0,
     fmt: FormatOption = "table",
     fail_on: FailOnOption = "high",
     out: OutOption = None,

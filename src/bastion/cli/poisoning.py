@@ -12,8 +12,10 @@ import typer
 from bastion.assess.poisoning import ATTACKS, PoisoningAssessment, assess_poisoning, sklearn_trainer
 from bastion.cli.common import (
     FormatOption,
+    LabelOption,
     LedgerOption,
     OutOption,
+    SeedOption,
     check_ledger,
     emit,
     friendly_errors,
@@ -87,10 +89,7 @@ def _plot(result: PoisoningAssessment, path: str) -> None:
 @friendly_errors
 def poisoning_command(
     data: Annotated[str, typer.Option("--data", help="Labelled training data.")],
-    label: Annotated[
-        Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-        typer.Option("--label", help="The label column (CSV, Parquet, JSONL)."),
-    ] = None,
+    label: LabelOption = None,
     model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--model", help="A scikit-learn estimator to clone and refit."),
@@ -110,7 +109,7 @@ def poisoning_command(
     ] = None,
     patch: Annotated[int, typer.Option("--patch", help="Trigger size (pixels/features).")] = 2,
     test_size: Annotated[float, typer.Option("--test-size", help="Held-out share.")] = 0.25,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: SeedOption = 0,
     plot: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--plot", help="Write accuracy and attack success vs rate (.png)."),

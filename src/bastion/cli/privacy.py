@@ -13,8 +13,11 @@ import typer
 from bastion.cli.common import (
     FailOnOption,
     FormatOption,
+    LabelOption,
     LedgerOption,
+    ModelFactoryOption,
     OutOption,
+    SeedOption,
     emit,
     friendly_errors,
     parse_severity,
@@ -30,25 +33,15 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Model file (scikit-learn pickle/joblib, or torch "
                       "state_dict/safetensors with --model-factory).")
 ]  # fmt: skip
-FactoryOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option("--model-factory", help="module:function or file.py:function building the "
-                 "torch network that the weights file fills."),
-]  # fmt: skip
 DataOption = Annotated[
     str, typer.Option("--data", "-d", help="Training records (members): .npz, CSV, Parquet, "
                       "JSONL or image folder.")
 ]  # fmt: skip
-LabelOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--label", help="Label column of CSV, Parquet or JSONL data."),
-]
 PopulationOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--population", help="More records from the same distribution, not used "
                  "to train the model."),
 ]  # fmt: skip
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
 PlotOption = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--plot", help="Write a PNG plot to this path."),
@@ -142,7 +135,7 @@ def membership_command(
         typer.Option("--train-fn", help="module:function or file.py:function (x, y, seed) -> "
                      "model; scikit-learn models are cloned and refitted by default."),
     ] = None,
-    model_factory: FactoryOption = None,
+    model_factory: ModelFactoryOption = None,
     ray: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--ray", help="Train reference models on this Ray cluster address."),
@@ -209,7 +202,7 @@ def inversion_command(
                      "it, reconstruct class representatives (MIFace)."),
     ] = None,
     population: PopulationOption = None,
-    model_factory: FactoryOption = None,
+    model_factory: ModelFactoryOption = None,
     clip: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--clip", help="Input range LOW,HIGH for reconstructions (e.g. 0,1)."),
