@@ -65,6 +65,7 @@ def test_audit_finds_each_planted_problem_and_nothing_else(audited) -> None:
     rest = {b for b in blocking if not b[1].startswith("downloads/")}
     assert rest == {
         ("BST-AUD-SIG-001", "models/digits.joblib", None),  # the unsigned model
+        ("BST-AUD-EXT-001", "models/digits.joblib", None),  # copyable by anyone in a day
         ("BST-AUD-SRV-001", "bastion.toml", "serving.host"),  # 0.0.0.0 without TLS
         ("BST-AUD-SRV-002", "bastion.toml", "serving.require_api_keys"),  # no API keys
         ("BST-DATA-011", "data/train.csv", None),  # the poisoned slice: a backdoor cluster
@@ -105,7 +106,7 @@ def test_json_report_and_scores(audited) -> None:
     jsonschema.validate(document, REPORT_SCHEMA)
     metrics = document["metrics"]
     assert metrics["gate"] == {"passed": False, "fail_on": "high", "thresholds": {},
-                               "blocking": 10}
+                               "blocking": 11}
     scores = metrics["scores"]
     assert set(scores) == {t.value for t in Threat}
     assert scores["supply-chain"]["score"] == 0 and scores["supply-chain"]["grade"] == "F"
@@ -115,6 +116,10 @@ def test_json_report_and_scores(audited) -> None:
     # the digits hold no personal data; nobody declared a sensitive column or MIFace.
     assert scores["privacy"] == {"score": 96, "grade": "A", "checks": ["membership", "pii"]}
     assert scores["model-inversion"]["score"] is None
+    # The permissive serving config (high, medium, low findings) and a copy one client makes
+    # in a day (high).
+    assert scores["model-stealing"]["checks"] == ["extraction", "serving"]
+    assert scores["model-stealing"]["grade"] in ("D", "F")
     # The backdoor cluster (high), a few label issues (medium) and outliers (low) in the digits.
     # data_diff found nothing: the demo's ledger is new, so this audit is the data's baseline.
     assert scores["data-poisoning"] == {"score": 46, "grade": "D",
@@ -128,7 +133,8 @@ def test_json_report_and_scores(audited) -> None:
     assert {n: c["status"] for n, c in metrics["checks"].items()} == {
         "bom": "ran", "data_diff": "ran",
         "deps": "not applicable",  # no OSV folder declared, and never online
-        "documentation": "ran", "evasion": "ran", "inversion": "not applicable",
+        "documentation": "ran", "evasion": "ran", "extraction": "ran",
+        "inversion": "not applicable",
         "membership": "ran", "pii": "ran", "poisoning": "ran", "scan": "ran", "serving": "ran",
         "signature": "ran"}
     membership = metrics["checks"]["membership"]["metrics"]
@@ -156,7 +162,7 @@ def test_markdown_is_a_pull_request_comment(audited) -> None:
     _, _, out = audited
     text = (out / "audit.md").read_text()
     assert text.startswith("## Bastion audit: digits-demo\n")
-    assert "❌ **gate failed**: 10 finding(s) at or above high" in text
+    assert "❌ **gate failed**: 11 finding(s) at or above high" in text
     assert "| supply-chain | 0 | F |" in text
     assert "| data-poisoning | 46 | D |" in text
     assert "`BST-AUD-SIG-001` | `models/digits.joblib`" in text
@@ -215,7 +221,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     statuses = {n: c["status"] for n, c in document["metrics"]["checks"].items()}
     assert statuses == {"bom": "skipped", "data_diff": "skipped", "deps": "skipped",
                         "documentation": "ran",
-                        "evasion": "skipped", "inversion": "skipped", "membership": "skipped",
+                        "evasion": "skipped", "extraction": "skipped", "inversion": "skipped",
+                        "membership": "skipped",
                         "pii": "skipped", "poisoning": "skipped", "scan": "ran",
                         "serving": "skipped",
                         "signature": "skipped"}
@@ -229,7 +236,7 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     ("args", "message"),
     [
         (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, data_diff, deps, "
-         "documentation, evasion, inversion, membership, pii, poisoning, scan, serving, "
+         "documentation, evasion, extraction, inversion, membership, pii, poisoning, scan, serving, "
          "signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),

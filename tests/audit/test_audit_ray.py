@@ -41,7 +41,7 @@ def test_ray_audit_matches_the_process_audit(tmp_path: Path, example, local_ray)
     assert sorted(map(_key, on_ray.findings)) == sorted(map(_key, in_processes.findings))
     assert {o.name: o.status for o in on_ray.outcomes} == {
         "bom": "ran", "data_diff": "ran", "deps": "not applicable", "documentation": "ran",
-        "evasion": "ran",
+        "evasion": "ran", "extraction": "ran",
         "inversion": "not applicable", "membership": "ran", "pii": "ran", "poisoning": "ran",
         "scan": "ran", "serving": "ran", "signature": "ran"}
     # The membership check's reference models trained as Ray tasks (ctx.map) and came out

@@ -21,8 +21,9 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "found exactly the planted problems" not in output  # --fix goes on to the fixes
-    # The malicious downloads, the unsigned model, six serving problems, the poisoned slice.
-    assert output.count("found (BST-") == len(PLANTED) + 8
+    # The malicious downloads, the unsigned model, six serving problems, a model one client
+    # can copy in a day, the poisoned slice.
+    assert output.count("found (BST-") == len(PLANTED) + 9
     assert "found (BST-DATA-011, high)" in output
     assert "not checked" not in output
     assert "missed" not in output and "unexpected" not in output
@@ -51,8 +52,16 @@ def test_demo_finds_the_planted_problems_and_passes_once_fixed(tmp_path: Path) -
     # Removing the poisoned slice changed the training data since the first audit, which the
     # data_diff check reports (medium: a change to review, not a gate failure); the test data
     # is the one audited before.
+    # The model stays copyable, but the daily budget per key now makes a copy take key-days:
+    # medium.
     remaining = {f["rule_id"] for f in after["findings"] if f["severity"] not in ("info", "low")}
-    assert remaining == {"BST-EVA-001", "BST-AUD-DIFF-001"}
+    assert remaining == {"BST-EVA-001", "BST-AUD-DIFF-001", "BST-AUD-EXT-001"}
+    [copyable] = [f for f in before["findings"] if f["rule_id"] == "BST-AUD-EXT-001"]
+    [slowed] = [f for f in after["findings"] if f["rule_id"] == "BST-AUD-EXT-001"]
+    assert copyable["severity"] == "high" and copyable["evidence"]["api_keys"] is False
+    assert slowed["severity"] == "medium"
+    assert slowed["evidence"]["key_days_needed"] >= 2
+    assert slowed["evidence"]["daily_query_budget"] == 200
     first_audit = before["metrics"]["checks"]["data_diff"]["metrics"]["datasets"]
     data_diff = after["metrics"]["checks"]["data_diff"]["metrics"]["datasets"]
     assert first_audit["train"]["status"] == "first audit of this dataset: baseline recorded"

@@ -179,4 +179,4 @@ def test_html_report_renders_in_chromium(tmp_path: Path,
     assert [i["src"][:14] for i in images] == ["data:image/png", "data:image/png",
                                                 "data:image/png", "data:image/png",
                                                 "data:image/png", "data:image/svg"]
-    assert verdict["result"]["value"].startswith("Gate failed: 10 finding(s)")
+    assert verdict["result"]["value"].startswith("Gate failed: 11 finding(s)")

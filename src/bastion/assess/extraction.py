@@ -19,6 +19,7 @@ hard labels.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -364,3 +365,34 @@ def assess(
     if through_gateway:
         runs[0].defence = "as served"
     return Assessment(runs, findings(target_name, runs, through_gateway), eval_queries)
+
+
+def fidelity_image(runs: Sequence[Run], goal: float | None = None,
+                   daily_budget: int | None = None) -> bytes:
+    """Fidelity against queries as a PNG, one line per run; the fidelity that counts as a
+    copy and a key's daily budget as reference lines when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=120)
+    axes = figure.subplots()
+    for run in runs:
+        axes.plot([c.queries for c in run.checkpoints], [c.fidelity for c in run.checkpoints],
+                  marker="o", label=run.defence)
+    if goal is not None:
+        axes.axhline(goal, color="grey", linestyle=":", label=f"copy at {goal:.0%} fidelity")
+    if daily_budget:
+        axes.axvline(daily_budget, color="firebrick", linestyle="--",
+                     label=f"daily budget per key ({daily_budget})")
+    axes.set_xscale("log")
+    axes.set_xlabel("queries answered")
+    axes.set_ylabel("fidelity (agreement with the model)")
+    axes.set_ylim(0, 1.02)
+    axes.set_title("Model extraction: surrogate fidelity by queries")
+    axes.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

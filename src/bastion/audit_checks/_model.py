@@ -72,6 +72,33 @@ def classifier(config: AuditConfig, input_shape: tuple[int, ...],
             sys.path.remove(root)
 
 
+def model_inputs(config: AuditConfig, dataset: Dataset, rows: int | None = None) -> np.ndarray:
+    """The dataset's first `rows` feature rows (all by default) as float32, shaped as
+    `[model] input_shape` when that is declared."""
+    x = np.asarray(dataset.x[:rows])
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"{dataset.source}: features must be real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    shape = config.model.input_shape
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        if int(np.prod(shape)) != int(np.prod(x.shape[1:])):
+            raise InputError(f"{dataset.source}: rows have shape {tuple(x.shape[1:])}, which "
+                             f"does not fit [model] input_shape {list(shape)}")
+        x = x.reshape(len(x), *shape)
+    return x
+
+
+def input_range(config: AuditConfig, x: np.ndarray) -> tuple[float, float]:
+    """[model] clip_values, else the range `x` spans (as the assess commands do)."""
+    if config.model.clip_values is not None:
+        return config.model.clip_values
+    low, high = float(x.min()), float(x.max())
+    if low >= high:
+        raise InputError(f"{config.source or config.root}: the data hold a single value; give "
+                         "the valid input range in [model] clip_values")
+    return low, high
+
+
 def is_torch(model: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)

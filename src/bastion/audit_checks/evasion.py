@@ -19,7 +19,7 @@ import numpy as np
 
 import bastion.assess.evasion.rules  # noqa: F401 - registers the BST-EVA rules where reports render
 from bastion.audit_checks import Check, CheckContext, CheckResult, Plot
-from bastion.audit_checks._model import classifier
+from bastion.audit_checks._model import classifier, input_range, model_inputs
 from bastion.audit_checks._packages import shown
 from bastion.config import DEFAULT_CONFIG, AuditConfig, Evasion
 from bastion.errors import InputError
@@ -40,7 +40,7 @@ def _where(config: AuditConfig) -> str:
 
 
 def _sample(config: AuditConfig, evasion: Evasion) -> tuple[Any, np.ndarray]:
-    """The test data and its first `points` rows as float32 features."""
+    """The test data and its first `points` rows as the model's inputs."""
     from bastion.data import load_dataset
 
     declared = config.data.test
@@ -48,28 +48,7 @@ def _sample(config: AuditConfig, evasion: Evasion) -> tuple[Any, np.ndarray]:
     if dataset.y is None:
         raise InputError(f"{dataset.source}: [data.test] needs labels for the evasion check "
                          "(label = \"COLUMN\" for a table, y in an .npz)")
-    x = np.asarray(dataset.x[: evasion.points])
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise InputError(f"{dataset.source}: features must be real numbers, got dtype {x.dtype}")
-    x = x.astype(np.float32)
-    shape = config.model.input_shape
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        if int(np.prod(shape)) != int(np.prod(x.shape[1:])):
-            raise InputError(f"{dataset.source}: rows have shape {tuple(x.shape[1:])}, which "
-                             f"does not fit [model] input_shape {list(shape)}")
-        x = x.reshape(len(x), *shape)
-    return dataset, x
-
-
-def _clip(config: AuditConfig, x: np.ndarray) -> tuple[float, float]:
-    """[model] clip_values, else the range the sample spans (as `bastion assess evasion`)."""
-    if config.model.clip_values is not None:
-        return config.model.clip_values
-    low, high = float(x.min()), float(x.max())
-    if low >= high:
-        raise InputError(f"{_where(config)}: the test data holds a single value; give the "
-                         "valid input range in [model] clip_values")
-    return low, high
+    return dataset, model_inputs(config, dataset, evasion.points)
 
 
 def _classifier(config: AuditConfig, x: np.ndarray, clip: tuple[float, float]) -> Any:
@@ -132,7 +111,7 @@ def _run(config: AuditConfig, ctx: CheckContext) -> CheckResult:
 
     evasion = config.threat_model.evasion
     dataset, x = _sample(config, evasion)
-    clip = _clip(config, x)
+    clip = input_range(config, x)
     classifier = _classifier(config, x, clip)
     y = class_indices(dataset, classifier)[: len(x)]
     attacks = _attacks(config, evasion, classifier)

@@ -77,6 +77,9 @@ def extraction_command(
         "--pool", help="Public pool the attacker draws queries from (default: uniform noise "
         "in the input range).")] = None,
     label: LabelOption = None,
+    pool_label: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--pool-label", help="Label column of a --pool table, left out of the queries (the "
+        "copier learns only from the model's answers).")] = None,
     budget: Annotated[str, typer.Option("--budget", help="Query budgets, comma-separated.")
                       ] = "100,250,500,1000",
     strategy: Annotated[str, typer.Option(
@@ -106,7 +109,7 @@ def extraction_command(
     classifier, through_gateway, subjects = _target(
         target, api_key_env, _parse_pair(input_range, "--input-range"))
     held_out = load_dataset(data, label=label)
-    public = load_dataset(pool).x.astype(np.float64) if pool else None
+    public = load_dataset(pool, label=pool_label).x.astype(np.float64) if pool else None
     result = assess(
         classifier, target, held_out.x.astype(np.float64), held_out.y, pool=public,
         budgets=budgets, strategy=strategy, defences=defences,
