@@ -236,8 +236,8 @@ def test_only_skip_and_required_checks(small: Path) -> None:
     ("args", "message"),
     [
         (["--only", "evasoin"], "unknown check 'evasoin' (available: bom, data_diff, deps, "
-         "documentation, evasion, extraction, inversion, membership, pii, poisoning, scan, serving, "
-         "signature)"),
+         "documentation, evasion, extraction, inversion, membership, pii, poisoning, scan, "
+         "serving, signature)"),
         (["--format", "pdf"], "unknown format pdf"),
         (["--fail-on", "severe"], "unknown severity 'severe'"),
     ],

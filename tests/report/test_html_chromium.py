@@ -170,13 +170,16 @@ def test_html_report_renders_in_chromium(tmp_path: Path,
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     assert screenshot.read_bytes().startswith(b"\x89PNG")
     assert _errors(browser.events) == []
-    # The score chart, the evasion check's robustness curve, the membership check's ROC curve,
-    # the poisoning check's score histogram and the two plots added above.
-    assert [i["alt"] for i in images][1:4] == ["Robustness curve", "Membership inference ROC",
+    # The score chart, the evasion check's robustness curve, the extraction check's fidelity
+    # curve, the membership check's ROC curve, the poisoning check's score histogram and the
+    # two plots added above.
+    assert [i["alt"] for i in images][1:5] == ["Robustness curve", "Model extraction",
+                                               "Membership inference ROC",
                                                "Poisoning detector scores"]
     for image in images:
         assert image["complete"] and image["width"] > 0, image
     assert [i["src"][:14] for i in images] == ["data:image/png", "data:image/png",
                                                 "data:image/png", "data:image/png",
+                                                "data:image/png",
                                                 "data:image/png", "data:image/svg"]
     assert verdict["result"]["value"].startswith("Gate failed: 11 finding(s)")
