@@ -275,6 +275,7 @@ def _backdoor_rows(
         for label, count in zip(*np.unique(y, return_counts=True), strict=True)
     }
     suspects: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    span = np.ptp(x, axis=0)
     for labels, index, mask in _class_groups(y, space.shape[1]):
         projected = _principal_projection(space[index], mask, options.components)
         signature = _robust_z_per_class(projected[..., 0] ** 2, mask)
@@ -284,7 +285,7 @@ def _backdoor_rows(
         fractions = small.sum(axis=1) / mask.sum(axis=1)
         for i in np.flatnonzero((fractions > 0) & (fractions < options.cluster_size)):
             label, members = int(labels[i]), index[i][small[i]]
-            trigger = shared_trigger(x, members, y != label, options.trigger_share)
+            trigger = shared_trigger(x, members, y != label, options.trigger_share, span)
             stats[label].update(
                 small_cluster_fraction=round(float(fractions[i]), 4),
                 trigger_features=trigger.tolist(),
@@ -445,27 +446,41 @@ def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
 
 
 def shared_trigger(
-    x: np.ndarray, members: np.ndarray, others: np.ndarray, share: float
+    x: np.ndarray,
+    members: np.ndarray,
+    others: np.ndarray,
+    share: float,
+    span: np.ndarray | None = None,
 ) -> np.ndarray:
     """Features on which at least `share` of the cluster lies outside the range (1% and 99%
     quantiles) of the rows of other classes (`others`, a mask), at one common value (a
     stamped patch or a set feature, not natural variation): the trigger. Empty when none.
     Other classes are the reference because a backdoor relabels every triggered row into
     the target class, so they hold no trigger, while the target class may hold triggered
-    rows the cluster missed."""
+    rows the cluster missed. `span`: each feature's range over `x`, when already known."""
     values = x[members]
-    span = np.ptp(x, axis=0)
+    span = np.ptp(x, axis=0) if span is None else span
     typical = np.median(values, axis=0)
     common = (np.abs(values - typical) <= 0.05 * np.where(span > 0, span, 1.0)).mean(axis=0)
     # The quantiles sort the other classes' rows: only on the features the cluster shares.
     agreed = np.flatnonzero(common >= share)
     if not len(agreed):
         return agreed
-    reference = np.ascontiguousarray(x[np.ix_(others, agreed)].T)
-    low, high = np.quantile(reference, [0.01, 0.99], axis=1)
+    low, high = _quantiles(x[:, agreed][others].T, (0.01, 0.99))
     values = values[:, agreed]
     outside = np.maximum((values > high).mean(axis=0), (values < low).mean(axis=0))
     return agreed[outside >= share]
+
+
+def _quantiles(rows: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
+    """np.quantile(rows, levels, axis=1) (linear interpolation) from one sort per row,
+    which beats its partitioning for the few thousand, often tied, values of a feature."""
+    ordered = np.sort(rows, axis=1)
+    position = np.asarray(levels) * (ordered.shape[1] - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, ordered.shape[1] - 1)
+    fraction = position - below
+    return (ordered[:, below] * (1 - fraction) + ordered[:, above] * fraction).T
 
 
 def _carriers(
@@ -510,21 +525,21 @@ def _exclusionary_reclassification(
 def _nearest_neighbour_vote(
     train: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
 ) -> np.ndarray:
-    """The majority label (smallest on ties) of each query's k nearest training rows, after
-    scaling every feature to the training rows' [0, 1] range: brute force, one matrix
-    product per block of queries, as there are few queries and no index pays for itself."""
-    low = train.min(axis=0)
-    span = train.max(axis=0) - low
-    span[span == 0] = 1.0
-    train, queries = (train - low) / span, (queries - low) / span
+    """The majority label (smallest on ties) of each query's k nearest training rows, with
+    every feature scaled to the training rows' [0, 1] range: brute force, one matrix product
+    per block of queries, as there are few queries and no index pays for itself."""
+    span = np.ptp(train, axis=0)
+    weights = 1.0 / np.where(span > 0, span, 1.0) ** 2
+    # The scaling folds into feature weights (the offset cancels in differences), so the
+    # training rows are never copied; each query's own squared norm is common to its
+    # distances and left out.
+    train_terms = (train * train) @ weights
     k = min(k, len(train))
     classes, codes = np.unique(labels, return_inverse=True)
-    train_norms = np.einsum("ij,ij->i", train, train)
     block = max(1, 4_000_000 // len(train))
     votes = np.empty(len(queries), dtype=np.intp)
     for start in range(0, len(queries), block):
-        # The query's own squared norm is the same for all its distances: left out.
-        distances = train_norms - 2.0 * queries[start : start + block] @ train.T
+        distances = train_terms - (2.0 * weights * queries[start : start + block]) @ train.T
         nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
         counts = (codes[nearest][..., None] == np.arange(len(classes))).sum(axis=1)
         votes[start : start + block] = counts.argmax(axis=1)
