@@ -394,17 +394,18 @@ def _two_means(
     nearest centre (0 for rows of the larger cluster)."""
     side = (values[..., 0] > 0) & mask
     split = side.any(axis=1) & (side != mask).any(axis=1)  # else one side is empty
+    counts, totals = mask.sum(axis=1, keepdims=True), values.sum(axis=1)  # padded rows are 0
     for _ in range(iterations):
-        centres = _two_centres(values, mask, side)
-        # Nearer centre by squared distance; the row's own squared norm is common to both.
-        closeness = values @ centres.transpose(0, 2, 1) - 0.5 * (centres**2).sum(axis=2)[:, None]
-        nearer = (closeness[..., 1] > closeness[..., 0]) & mask
+        off, on = _two_centres(values, side, counts, totals)
+        # Nearer to `on` in squared distance: 2 v.(on - off) > |on|^2 - |off|^2.
+        towards_on = 2.0 * (values @ (on - off)[..., None])[..., 0]
+        nearer = (towards_on > ((on**2).sum(axis=1) - (off**2).sum(axis=1))[:, None]) & mask
         emptied = ~nearer.any(axis=1) | (nearer == mask).all(axis=1)
         nearer[emptied] = side[emptied]  # a class keeps its last two-sided split
         if (nearer == side).all():
             break
         side = nearer
-    centres = _two_centres(values, mask, side)
+    centres = np.stack(_two_centres(values, side, counts, totals), axis=1)
     distances = np.sqrt(((values[:, :, None, :] - centres[:, None]) ** 2).sum(axis=3))
     side_is_small = side.sum(axis=1) <= mask.sum(axis=1) / 2
     small = np.where(side_is_small[:, None], side, mask & ~side) & split[:, None]
@@ -415,10 +416,14 @@ def _two_means(
     return small, np.maximum(margin, 0.0) * (mask & split[:, None])
 
 
-def _two_centres(values: np.ndarray, mask: np.ndarray, side: np.ndarray) -> np.ndarray:
-    """Per class, the centres (classes, 2, k) of its rows off and on `side`."""
-    members = np.stack([mask & ~side, side], axis=1).astype(values.dtype)
-    return members @ values / np.maximum(members.sum(axis=2, keepdims=True), 1.0)
+def _two_centres(
+    values: np.ndarray, side: np.ndarray, counts: np.ndarray, totals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the centres (classes, k) of its rows off and on `side`, from the sum of
+    the rows on it and the class totals."""
+    inside = side.sum(axis=1, keepdims=True)
+    on_sum = (side[:, None, :].astype(values.dtype) @ values)[:, 0]
+    return (totals - on_sum) / np.maximum(counts - inside, 1), on_sum / np.maximum(inside, 1)
 
 
 def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
