@@ -4,15 +4,16 @@ outliers, each with a score per row.
 - Label issues: confident learning (cleanlab) on out-of-fold predicted probabilities from
   the user's scikit-learn estimator (cloned) or a default logistic regression.
 - Backdoors: per class, in a feature space (a white-box model's penultimate activations, else
-  the standardised inputs): the spectral signature (Tran et al. 2018: squared projection on
-  the top singular vector of the centred class features, as a robust z-score within the
-  class; a ranking score, not a flag) and activation clustering (Chen et al. 2018: 2-means
-  on a 10-d projection; a class is poisoned when its smaller cluster is under
-  `cluster_size` of the class, separates with
-  silhouette above `min_silhouette`, exclusionary reclassification agrees (a model fitted on
-  the inputs without the candidate clusters assigns most of its rows to other classes) and
-  the cluster shares out-of-range values on some input features: the trigger). Rows of such
-  a cluster, and rows of its class carrying the same trigger values, are flagged.
+  the standardised inputs), all classes in one batched computation: the spectral signature
+  (Tran et al. 2018: squared projection on the top principal axis of the centred class
+  features, as a robust z-score within the class; a ranking score, not a flag) and
+  activation clustering (Chen et al. 2018: 2-means on a 10-d PCA projection). A class is
+  poisoned when its smaller cluster is under `cluster_size` of the class, shares
+  out-of-range values on some input features (the trigger), separates with silhouette above
+  `min_silhouette`, and exclusionary reclassification agrees (a model fitted on the inputs
+  without the suspect clusters assigns most of its rows to other classes); the tests run in
+  that order, cheapest first. Rows of such a cluster, and rows of its class carrying the
+  same trigger values, are flagged.
 - Exact duplicates (same bytes), near duplicates (nearest neighbour much closer than usual)
   and per-class outliers (robust z of distance to the class centre).
 """
