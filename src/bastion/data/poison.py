@@ -106,6 +106,12 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(len(x), -1)
 
 
+def _float_rows(x: np.ndarray) -> np.ndarray:
+    """One row per sample, as float32 or float64 as given (a view, no copy), else float64."""
+    rows = np.asarray(x).reshape(len(x), -1)
+    return rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
+
+
 def check_dataset(
     x: np.ndarray,
     y: np.ndarray,
@@ -124,8 +130,7 @@ def check_dataset(
     rng = np.random.default_rng(seed)
     # Activations keep their scale (standardising would inflate near-dead units); raw inputs
     # are standardised so that no feature dominates by its unit.
-    flat = _flat(x)
-    space = _standardise(flat) if features is None else _centre(_flat(features))
+    space = _standardise(_flat(x)) if features is None else _centre(_float_rows(features))
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise UsageError(
@@ -133,11 +138,11 @@ def check_dataset(
         )
     result = CheckResult(len(x), {}, {})
     if "labels" in detectors:
-        label_issues(result, flat, y, estimator, options, rng)
+        label_issues(result, _flat(x), y, estimator, options, rng)
     if "backdoor" in detectors:
-        backdoor_rows(result, flat, space, y, estimator, options, rng)
+        backdoor_rows(result, _float_rows(x), space, y, estimator, options, rng)
     if "duplicates" in detectors:
-        duplicates(result, flat, y, options)
+        duplicates(result, _flat(x), y, options)
     if "outliers" in detectors:
         outliers(result, space, y, options)
     return result
@@ -535,7 +540,7 @@ def _nearest_neighbour_vote(
     every feature scaled to the training rows' [0, 1] range: brute force, one matrix product
     per block of queries, as there are few queries and no index pays for itself."""
     span = np.ptp(train, axis=0)
-    weights = 1.0 / np.where(span > 0, span, 1.0) ** 2
+    weights = (1.0 / np.where(span > 0, span, 1.0) ** 2).astype(train.dtype)
     # The scaling folds into feature weights (the offset cancels in differences), so the
     # training rows are never copied; each query's own squared norm is common to its
     # distances and left out.
