@@ -92,6 +92,19 @@ def test_batched_class_statistics_match_scikit_learn() -> None:
             assert poison._silhouette(ours, split) == pytest.approx(
                 silhouette_score(ours, split.astype(int)), abs=1e-12
             )
+    # Classes of more than EXACT_PCA_UP_TO rows and features: randomized PCA, which matches
+    # the exact one closely where the spectrum decays (as real features' does).
+    sizes, width = [400, 300], 300
+    y = np.repeat(np.arange(2), sizes)
+    decay = 0.85 ** np.arange(width)
+    space = np.concatenate([_two_styles(rng, n, width) * decay for n in sizes])
+    [(labels, index, mask)] = list(poison._class_groups(y, width))
+    projected = poison._principal_projection(space[index], mask, 10)
+    for i in range(len(labels)):
+        ours = projected[i][mask[i]]
+        theirs = PCA(10, svd_solver="full").fit_transform(space[index[i][mask[i]]])
+        signs = np.sign((ours * theirs).sum(axis=0))
+        np.testing.assert_allclose(ours * signs, theirs, atol=1e-5 * np.abs(theirs).max())
     train = rng.normal(size=(300, 6)) * rng.uniform(0.1, 10.0, 6)
     labels = rng.integers(0, 4, 300)
     queries = rng.normal(size=(120, 6)) * 4.0

@@ -20,7 +20,6 @@ outliers, each with a score per row.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from bastion.findings import Finding, Location
 
 DETECTORS = ("labels", "backdoor", "duplicates", "outliers")
 MAD_SCALE = 1.4826  # makes the median absolute deviation a standard-deviation estimate
-ONE_THREAD_UP_TO = 4_000_000  # feature values (rows x features) checked with one BLAS thread
+EXACT_PCA_UP_TO = 256  # classes with more rows and features than this get a randomized PCA
 
 
 @dataclass(frozen=True)
@@ -244,18 +243,13 @@ def backdoor_rows(
     model fitted on the inputs without the suspect clusters assigns most of its rows to
     other classes. The cheap tests run first, so the dear ones see only clusters still
     suspect."""
-    with _blas_threads(space.size):
+    # One BLAS thread: the work is many small or skinny matrices (per-class covariances,
+    # QR of rows x 20 probes), microseconds to milliseconds each, where waking BLAS threads
+    # that wait for a busy core costs more than it gives: on 2 shared cores a 32 x 32
+    # eigen-decomposition took 20 ms with two threads and 0.1 ms with one, a QR of
+    # 1000 x 20 one second.
+    with _thread_controller().limit(limits=1, user_api="blas"):
         _backdoor_rows(result, x, space, y, estimator, options, rng)
-
-
-def _blas_threads(values: int) -> contextlib.AbstractContextManager:
-    """One BLAS thread for small data: a class's matrices (a few hundred rows) are
-    microseconds of work, while waking BLAS threads that must wait for a busy core costs
-    milliseconds (a 32 x 32 eigen-decomposition took 100x longer with two threads on two
-    shared cores)."""
-    if values > ONE_THREAD_UP_TO:
-        return contextlib.nullcontext()
-    return _thread_controller().limit(limits=1, user_api="blas")
 
 
 @functools.cache
@@ -357,19 +351,39 @@ def _padded(
 def _principal_projection(values: np.ndarray, mask: np.ndarray, components: int) -> np.ndarray:
     """Each class's centred rows (classes, rows, features) on its top principal axes (PCA),
     largest first; padded rows are 0. The first column squared is the spectral signature.
-    Eigen-decomposes the smaller of the covariance (d x d) and Gram (n x n) matrices, all
-    classes in one batched call."""
+    Small classes: the smaller of the covariance (d x d) and Gram (n x n) matrices,
+    eigen-decomposed for all classes in one batched call; large ones: randomized."""
     weights = mask[..., None]
     means = (values * weights).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
     centred = (values - means) * weights
     _, rows, width = centred.shape
     k = max(1, min(components, width, int(mask.sum(axis=1).min()) - 1))
+    if min(rows, width) > EXACT_PCA_UP_TO:
+        return _randomized_projection(centred, k) * weights
     if width <= rows:
         _, axes = np.linalg.eigh(centred.transpose(0, 2, 1) @ centred)
         return centred @ axes[..., : -k - 1 : -1]
     variances, scores = np.linalg.eigh(centred @ centred.transpose(0, 2, 1))
     top = np.sqrt(np.maximum(variances[:, None, : -k - 1 : -1], 0.0))
     return scores[..., : -k - 1 : -1] * top * weights
+
+
+def _randomized_projection(
+    centred: np.ndarray, k: int, oversample: int = 10, power: int = 4
+) -> np.ndarray:
+    """Top-k principal scores of each class by randomized SVD (Halko, Martinsson & Tropp
+    2011; what scikit-learn's PCA does for large data): a fixed random probe, `power`
+    re-orthonormalised power iterations, then an exact SVD of the small projected matrix.
+    Its cost grows with rows x features x k, not with features cubed."""
+    _, rows, width = centred.shape
+    size = min(k + oversample, rows, width)
+    probe = np.random.default_rng(0).standard_normal((len(centred), width, size))
+    basis = np.linalg.qr(centred @ probe.astype(centred.dtype))[0]
+    for _ in range(power):
+        basis = np.linalg.qr(centred.transpose(0, 2, 1) @ basis)[0]
+        basis = np.linalg.qr(centred @ basis)[0]
+    small, singular, _ = np.linalg.svd(basis.transpose(0, 2, 1) @ centred, full_matrices=False)
+    return (basis @ small[..., :k]) * singular[:, None, :k]
 
 
 def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
