@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from bastion.data import poison
 from bastion.data.neural_cleanse import search_triggers
 from bastion.data.poison import check_dataset, check_findings
 from bastion.errors import InputError, UsageError
@@ -44,11 +45,89 @@ def test_backdoor_rows_found_from_inputs_alone(poisoned_digits) -> None:
     assert recall >= 0.9 and precision >= 0.8, (precision, recall)
 
 
-def test_clean_digits_have_no_backdoor() -> None:
+def test_clean_digits_have_no_backdoor(clean_model) -> None:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
     result = check_dataset(x, digits.target, seed=0, detectors=("backdoor",))
     assert len(result.flagged("backdoor")) == 0
+    features = TorchClassifier(clean_model, input_shape=(1, 8, 8)).features(x)
+    result = check_dataset(x, digits.target, features=features, detectors=("backdoor",))
+    assert len(result.flagged("backdoor")) == 0
+    assert not any(stats["poisoned"] for stats in result.classes.values())
+
+
+def _two_styles(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+    """Rows from two offset blobs (about a quarter in the second): a class with a sub-style."""
+    values = rng.normal(size=(rows, width))
+    values[: rows // 4] += 3.0
+    return values
+
+
+def test_batched_class_statistics_match_scikit_learn() -> None:
+    """The all-classes-at-once PCA, the two-cluster silhouette and the nearest-neighbour vote
+    give what scikit-learn's PCA, silhouette_score and a MinMaxScaler + 5-NN pipeline give."""
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    rng = np.random.default_rng(0)
+    sizes = [40, 25, 60]
+    y = np.repeat(np.arange(3), sizes)
+    for width in (12, 80):  # covariance path (width <= rows), Gram path (width > rows)
+        space = np.concatenate([_two_styles(rng, n, width) for n in sizes])
+        [(labels, index, mask)] = list(poison._class_groups(y, width))
+        projected = poison._principal_projection(space[index], mask, 10)
+        small, _ = poison._two_means(projected, mask)
+        for i, label in enumerate(labels):
+            rows = index[i][mask[i]]
+            assert set(rows) == set(np.flatnonzero(y == label))
+            ours = projected[i][mask[i]]
+            theirs = PCA(10).fit_transform(space[rows])
+            signs = np.sign((ours * theirs).sum(axis=0))
+            np.testing.assert_allclose(ours * signs, theirs, atol=1e-8)
+            split = small[i][mask[i]]
+            assert 0 < split.sum() <= len(split) / 2
+            assert poison._silhouette(ours, split) == pytest.approx(
+                silhouette_score(ours, split.astype(int)), abs=1e-12
+            )
+    # Classes of more than EXACT_PCA_UP_TO rows and features: randomized PCA, which matches
+    # the exact one closely where the spectrum decays (as real features' does).
+    sizes, width = [400, 300], 300
+    y = np.repeat(np.arange(2), sizes)
+    decay = 0.85 ** np.arange(width)
+    space = np.concatenate([_two_styles(rng, n, width) * decay for n in sizes])
+    [(labels, index, mask)] = list(poison._class_groups(y, width))
+    projected = poison._principal_projection(space[index], mask, 10)
+    for i in range(len(labels)):
+        ours = projected[i][mask[i]]
+        theirs = PCA(10, svd_solver="full").fit_transform(space[index[i][mask[i]]])
+        signs = np.sign((ours * theirs).sum(axis=0))
+        np.testing.assert_allclose(ours * signs, theirs, atol=1e-5 * np.abs(theirs).max())
+    train = rng.normal(size=(300, 6)) * rng.uniform(0.1, 10.0, 6)
+    labels = rng.integers(0, 4, 300)
+    queries = rng.normal(size=(120, 6)) * 4.0
+    pipeline = make_pipeline(MinMaxScaler(), KNeighborsClassifier(5)).fit(train, labels)
+    np.testing.assert_array_equal(
+        poison._nearest_neighbour_vote(train, labels, queries, 5), pipeline.predict(queries)
+    )
+    values = rng.normal(size=(4, 333))
+    values[:, :100] = 0.0  # ties, as in image pixels
+    np.testing.assert_allclose(
+        poison._quantiles(values, (0.01, 0.99)), np.quantile(values, [0.01, 0.99], axis=1)
+    )
+
+
+def test_class_groups_cover_every_class_once_within_budget() -> None:
+    y = np.repeat(np.arange(5), [30, 500, 12, 7, 90])
+    groups = list(poison._class_groups(y, width=10, budget=2_000))
+    seen = [int(label) for labels, _, _ in groups for label in labels]
+    assert sorted(seen) == [0, 1, 2, 4]  # class 3 has fewer than 10 rows
+    for labels, index, mask in groups:
+        assert len(labels) == 1 or mask.size * 10 <= 2_000  # a class alone may exceed it
+        for label, rows, real in zip(labels, index, mask, strict=True):
+            np.testing.assert_array_equal(rows[real], np.flatnonzero(y == label))
 
 
 def test_label_flips_duplicates_and_outliers() -> None:

@@ -4,21 +4,24 @@ outliers, each with a score per row.
 - Label issues: confident learning (cleanlab) on out-of-fold predicted probabilities from
   the user's scikit-learn estimator (cloned) or a default logistic regression.
 - Backdoors: per class, in a feature space (a white-box model's penultimate activations, else
-  the standardised inputs): the spectral signature (Tran et al. 2018: squared projection on
-  the top singular vector of the centred class features, as a robust z-score within the
-  class; a ranking score, not a flag) and activation clustering (Chen et al. 2018: 2-means
-  on a 10-d projection; a class is poisoned when its smaller cluster is under
-  `cluster_size` of the class, separates with
-  silhouette above `min_silhouette`, exclusionary reclassification agrees (a model fitted on
-  the inputs without the candidate clusters assigns most of its rows to other classes) and
-  the cluster shares out-of-range values on some input features: the trigger). Rows of such
-  a cluster, and rows of its class carrying the same trigger values, are flagged.
+  the standardised inputs), all classes in one batched computation: the spectral signature
+  (Tran et al. 2018: squared projection on the top principal axis of the centred class
+  features, as a robust z-score within the class; a ranking score, not a flag) and
+  activation clustering (Chen et al. 2018: 2-means on a 10-d PCA projection). A class is
+  poisoned when its smaller cluster is under `cluster_size` of the class, shares
+  out-of-range values on some input features (the trigger), separates with silhouette above
+  `min_silhouette`, and exclusionary reclassification agrees (a model fitted on the inputs
+  without the suspect clusters assigns most of its rows to other classes); the tests run in
+  that order, cheapest first. Rows of such a cluster, and rows of its class carrying the
+  same trigger values, are flagged.
 - Exact duplicates (same bytes), near duplicates (nearest neighbour much closer than usual)
   and per-class outliers (robust z of distance to the class centre).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,7 @@ from bastion.findings import Finding, Location
 
 DETECTORS = ("labels", "backdoor", "duplicates", "outliers")
 MAD_SCALE = 1.4826  # makes the median absolute deviation a standard-deviation estimate
+EXACT_PCA_UP_TO = 256  # classes with more rows and features than this get a randomized PCA
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(len(x), -1)
 
 
+def _float_rows(x: np.ndarray) -> np.ndarray:
+    """One row per sample, as float32 or float64 as given (a view, no copy), else float64."""
+    rows = np.asarray(x).reshape(len(x), -1)
+    return rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
+
+
 def check_dataset(
     x: np.ndarray,
     y: np.ndarray,
@@ -119,7 +129,7 @@ def check_dataset(
     rng = np.random.default_rng(seed)
     # Activations keep their scale (standardising would inflate near-dead units); raw inputs
     # are standardised so that no feature dominates by its unit.
-    space = _standardise(_flat(x)) if features is None else _centre(_flat(features))
+    space = _standardise(_flat(x)) if features is None else _centre(_float_rows(features))
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise UsageError(
@@ -129,7 +139,7 @@ def check_dataset(
     if "labels" in detectors:
         label_issues(result, _flat(x), y, estimator, options, rng)
     if "backdoor" in detectors:
-        backdoor_rows(result, _flat(x), space, y, estimator, options, rng)
+        backdoor_rows(result, _float_rows(x), space, y, estimator, options, rng)
     if "duplicates" in detectors:
         duplicates(result, _flat(x), y, options)
     if "outliers" in detectors:
@@ -183,20 +193,6 @@ def _default_model(estimator: Any, rng: np.random.Generator) -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
 
 
-def _reclassifier(estimator: Any, rng: np.random.Generator) -> Any:
-    """For exclusionary reclassification: the user's estimator, else nearest neighbours on
-    range-scaled inputs, which follow a small sub-style of a class better than a linear
-    model does (a rare but genuine style must not look like poison). Range scaling, not
-    standardising: a near-constant trigger feature must not dominate the distance."""
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import MinMaxScaler
-
-    if estimator is not None:
-        return _default_model(estimator, rng)
-    return make_pipeline(MinMaxScaler(), KNeighborsClassifier(5))
-
-
 def out_of_fold_probabilities(
     x: np.ndarray, y: np.ndarray, estimator: Any, folds: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -241,72 +237,275 @@ def backdoor_rows(
     options: CheckOptions,
     rng: np.random.Generator,
 ) -> None:
-    """Spectral signature and activation clustering per class; a class's smaller cluster is
-    confirmed as poison by exclusionary reclassification (Chen et al. 2018): a model fitted on
-    the inputs without any candidate cluster mostly assigns its rows to another class."""
-    spectral = np.zeros(len(y))
-    cluster = np.zeros(len(y))
-    candidates: dict[int, tuple[np.ndarray, float, float]] = {}
-    for label in np.unique(y):
-        rows = np.flatnonzero(y == label)
-        if len(rows) < 10:
-            continue
-        spectral[rows] = np.maximum(_robust_z(_spectral_signature(space[rows])), 0.0)
-        small, size, silhouette, margin = _two_clusters(
-            _project(space[rows], options.components, rng), rng
-        )
-        cluster[rows] = margin
-        if size < options.cluster_size and silhouette > options.min_silhouette:
-            candidates[int(label)] = (rows[small], size, silhouette)
-    flagged = np.zeros(len(y), dtype=bool)
-    reclassified = _exclusionary_reclassification(x, y, candidates, estimator, rng)
-    for label in np.unique(y):
-        stats: dict[str, Any] = {"rows": int((y == label).sum()), "poisoned": False}
-        if int(label) in candidates:
-            members, size, silhouette = candidates[int(label)]
-            moved = float(reclassified[members].mean())
-            trigger = shared_trigger(x, members, y != label, options.trigger_share)
-            stats.update(
-                small_cluster_fraction=round(size, 4),
-                silhouette=round(silhouette, 4),
-                reclassified=round(moved, 4),
+    """Spectral signature and 2-means activation clustering of every class at once; a
+    class's smaller cluster is poison when it is small, its rows share a trigger, it
+    separates (silhouette) and exclusionary reclassification (Chen et al. 2018) agrees: a
+    model fitted on the inputs without the suspect clusters assigns most of its rows to
+    other classes. The cheap tests run first, so the dear ones see only clusters still
+    suspect."""
+    # One BLAS thread: the work is many small or skinny matrices (per-class covariances,
+    # QR of rows x 20 probes), microseconds to milliseconds each, where waking BLAS threads
+    # that wait for a busy core costs more than it gives: on 2 shared cores a 32 x 32
+    # eigen-decomposition took 20 ms with two threads and 0.1 ms with one, a QR of
+    # 1000 x 20 one second.
+    with _thread_controller().limit(limits=1, user_api="blas"):
+        _backdoor_rows(result, x, space, y, estimator, options, rng)
+
+
+@functools.cache
+def _thread_controller() -> Any:
+    """threadpoolctl's view of the loaded thread pools, found once per process (~1 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _backdoor_rows(
+    result: CheckResult,
+    x: np.ndarray,
+    space: np.ndarray,
+    y: np.ndarray,
+    estimator: Any,
+    options: CheckOptions,
+    rng: np.random.Generator,
+) -> None:
+    spectral, cluster = np.zeros(len(y)), np.zeros(len(y))
+    stats = {
+        int(label): {"rows": int(count), "poisoned": False}
+        for label, count in zip(*np.unique(y, return_counts=True), strict=True)
+    }
+    suspects: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    span = np.ptp(x, axis=0)
+    for labels, index, mask in _class_groups(y, space.shape[1]):
+        projected = _principal_projection(space[index], mask, options.components)
+        signature = _robust_z_per_class(projected[..., 0] ** 2, mask)
+        spectral[index[mask]] = np.maximum(signature[mask], 0.0)
+        small, margin = _two_means(projected, mask)
+        cluster[index[mask]] = margin[mask]
+        fractions = small.sum(axis=1) / mask.sum(axis=1)
+        for i in np.flatnonzero((fractions > 0) & (fractions < options.cluster_size)):
+            label, members = int(labels[i]), index[i][small[i]]
+            trigger = shared_trigger(x, members, y != label, options.trigger_share, span)
+            stats[label].update(
+                small_cluster_fraction=round(float(fractions[i]), 4),
                 trigger_features=trigger.tolist(),
-                poisoned=bool(moved > options.reclassified and len(trigger)),
             )
-            if stats["poisoned"]:
-                carriers = _carriers(x, members, trigger, y == label)
-                rows = np.union1d(members, carriers)
-                flagged[rows] = True
-                _reason(
-                    result,
-                    rows,
-                    f"backdoor: class {int(label)} holds a separate cluster of {len(members)} "
-                    f"rows (silhouette {silhouette:.2f}), {moved:.0%} of which belong to other "
-                    f"classes without it, sharing out-of-range values in features "
-                    f"{trigger.tolist()}",
-                )
-        result.classes[int(label)] = stats
+            if len(trigger):
+                silhouette = _silhouette(projected[i][mask[i]], small[i][mask[i]])
+                stats[label]["silhouette"] = round(silhouette, 4)
+                if silhouette > options.min_silhouette:
+                    suspects[label] = (members, trigger)
+    moved = _exclusionary_reclassification(
+        x, y, [members for members, _ in suspects.values()], estimator, rng
+    )
+    flagged = np.zeros(len(y), dtype=bool)
+    for label, (members, trigger) in suspects.items():
+        share = float(moved[members].mean())
+        stats[label].update(reclassified=round(share, 4), poisoned=share > options.reclassified)
+        if stats[label]["poisoned"]:
+            rows = np.union1d(members, _carriers(x, members, trigger, y == label))
+            flagged[rows] = True
+            _reason(
+                result,
+                rows,
+                f"backdoor: class {label} holds a separate cluster of {len(members)} rows "
+                f"(silhouette {stats[label]['silhouette']:.2f}), {share:.0%} of which belong "
+                f"to other classes without it, sharing out-of-range values in features "
+                f"{trigger.tolist()}",
+            )
+    result.classes.update(stats)
     result.scores["spectral"] = spectral
     result.scores["cluster"] = cluster
     result.flags["backdoor"] = flagged
 
 
+def _class_groups(
+    y: np.ndarray, width: int, budget: int = 8_000_000, smallest: int = 10
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Classes of at least `smallest` rows in groups of similar size, each as its labels, a
+    (classes, longest) matrix of row numbers (short classes padded with their last row) and
+    the mask of real entries. One group holds every class of a balanced dataset; a group
+    stays within `budget` padded values of `width` features, so memory follows the data."""
+    labels, counts = np.unique(y, return_counts=True)
+    order = np.argsort(y, kind="stable")
+    starts = np.cumsum(counts) - counts
+    group: list[int] = []
+    for i in [i for i in np.argsort(counts, kind="stable") if counts[i] >= smallest]:
+        if group and (len(group) + 1) * counts[i] * width > budget:
+            yield _padded(labels, counts, starts, order, group)
+            group = []
+        group.append(i)
+    if group:
+        yield _padded(labels, counts, starts, order, group)
+
+
+def _padded(
+    labels: np.ndarray, counts: np.ndarray, starts: np.ndarray, order: np.ndarray, group: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sizes = counts[group][:, None]
+    offsets = np.arange(sizes.max())
+    index = order[starts[group][:, None] + np.minimum(offsets, sizes - 1)]
+    return labels[group], index, offsets < sizes
+
+
+def _principal_projection(values: np.ndarray, mask: np.ndarray, components: int) -> np.ndarray:
+    """Each class's centred rows (classes, rows, features) on its top principal axes (PCA),
+    largest first; padded rows are 0. The first column squared is the spectral signature.
+    Small classes: the smaller of the covariance (d x d) and Gram (n x n) matrices,
+    eigen-decomposed for all classes in one batched call; large ones: randomized."""
+    weights = mask[..., None]
+    means = (values * weights).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
+    centred = (values - means) * weights
+    _, rows, width = centred.shape
+    k = max(1, min(components, width, int(mask.sum(axis=1).min()) - 1))
+    if min(rows, width) > EXACT_PCA_UP_TO:
+        return _randomized_projection(centred, k) * weights
+    if width <= rows:
+        _, axes = np.linalg.eigh(centred.transpose(0, 2, 1) @ centred)
+        return centred @ axes[..., : -k - 1 : -1]
+    variances, scores = np.linalg.eigh(centred @ centred.transpose(0, 2, 1))
+    top = np.sqrt(np.maximum(variances[:, None, : -k - 1 : -1], 0.0))
+    return scores[..., : -k - 1 : -1] * top * weights
+
+
+def _randomized_projection(
+    centred: np.ndarray, k: int, oversample: int = 10, power: int = 4
+) -> np.ndarray:
+    """Top-k principal scores of each class by randomized SVD (Halko, Martinsson & Tropp
+    2011; what scikit-learn's PCA does for large data): a fixed random probe, `power`
+    re-orthonormalised power iterations, then an exact SVD of the small projected matrix.
+    Its cost grows with rows x features x k, not with features cubed."""
+    _, rows, width = centred.shape
+    size = min(k + oversample, rows, width)
+    probe = np.random.default_rng(0).standard_normal((len(centred), width, size))
+    basis = np.linalg.qr(centred @ probe.astype(centred.dtype))[0]
+    for _ in range(power):
+        basis = np.linalg.qr(centred.transpose(0, 2, 1) @ basis)[0]
+        basis = np.linalg.qr(centred @ basis)[0]
+    small, singular, _ = np.linalg.svd(basis.transpose(0, 2, 1) @ centred, full_matrices=False)
+    return (basis @ small[..., :k]) * singular[:, None, :k]
+
+
+def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    counts = mask.sum(axis=1)
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    rows = np.arange(len(values))
+    return 0.5 * (ordered[rows, (counts - 1) // 2] + ordered[rows, counts // 2])
+
+
+def _robust_z_per_class(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`_robust_z` of each row of `values` over its masked entries."""
+    median = _masked_median(values, mask)[:, None]
+    mad = _masked_median(np.abs(values - median), mask)[:, None] * MAD_SCALE
+    counts = mask.sum(axis=1, keepdims=True)
+    mean = (values * mask).sum(axis=1, keepdims=True) / counts
+    std = np.sqrt(((values - mean) ** 2 * mask).sum(axis=1, keepdims=True) / counts)
+    scale = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
+    return (values - median) / scale
+
+
+def _two_means(
+    values: np.ndarray, mask: np.ndarray, iterations: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-means (Lloyd) in every class at once, started from the split of the first principal
+    axis at the mean: the direction along which two sub-populations separate most. Returns
+    per class the smaller cluster's mask, and per row how much closer it is to the smaller
+    cluster's centre than to the larger's, in units of the class's median distance to its
+    nearest centre (0 for rows of the larger cluster)."""
+    side = (values[..., 0] > 0) & mask
+    split = side.any(axis=1) & (side != mask).any(axis=1)  # else one side is empty
+    counts, totals = mask.sum(axis=1, keepdims=True), values.sum(axis=1)  # padded rows are 0
+    for _ in range(iterations):
+        off, on = _two_centres(values, side, counts, totals)
+        # Nearer to `on` in squared distance: 2 v.(on - off) > |on|^2 - |off|^2.
+        towards_on = 2.0 * (values @ (on - off)[..., None])[..., 0]
+        nearer = (towards_on > ((on**2).sum(axis=1) - (off**2).sum(axis=1))[:, None]) & mask
+        emptied = ~nearer.any(axis=1) | (nearer == mask).all(axis=1)
+        nearer[emptied] = side[emptied]  # a class keeps its last two-sided split
+        if (nearer == side).all():
+            break
+        side = nearer
+    centres = np.stack(_two_centres(values, side, counts, totals), axis=1)
+    distances = np.sqrt(((values[:, :, None, :] - centres[:, None]) ** 2).sum(axis=3))
+    side_is_small = side.sum(axis=1) <= mask.sum(axis=1) / 2
+    small = np.where(side_is_small[:, None], side, mask & ~side) & split[:, None]
+    to_small = np.where(side_is_small[:, None], distances[..., 1], distances[..., 0])
+    to_large = np.where(side_is_small[:, None], distances[..., 0], distances[..., 1])
+    spread = _masked_median(distances.min(axis=2), mask)[:, None]
+    margin = (to_large - to_small) / np.where(spread > 0, spread, 1.0)
+    return small, np.maximum(margin, 0.0) * (mask & split[:, None])
+
+
+def _two_centres(
+    values: np.ndarray, side: np.ndarray, counts: np.ndarray, totals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the centres (classes, k) of its rows off and on `side`, from the sum of
+    the rows on it and the class totals."""
+    inside = side.sum(axis=1, keepdims=True)
+    on_sum = (side[:, None, :].astype(values.dtype) @ values)[:, 0]
+    return (totals - on_sum) / np.maximum(counts - inside, 1), on_sum / np.maximum(inside, 1)
+
+
+def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
+    """Mean silhouette of a two-cluster split (Rousseeuw 1987; as scikit-learn's
+    silhouette_score), from block-wise pairwise distances to bound memory on a large class."""
+    from scipy.spatial.distance import cdist
+
+    in_small = small.astype(np.float64)
+    sizes = np.array([len(small) - in_small.sum(), in_small.sum()])
+    block = max(1, 4_000_000 // len(values))
+    scores = np.empty(len(values))
+    for start in range(0, len(values), block):
+        distances = cdist(values[start : start + block], values)
+        to_small = distances @ in_small
+        totals = np.stack([distances.sum(axis=1) - to_small, to_small], axis=1)
+        own = small[start : start + block].astype(int)
+        rows = np.arange(len(own))
+        within = totals[rows, own] / np.maximum(sizes[own] - 1, 1)
+        between = totals[rows, 1 - own] / sizes[1 - own]
+        larger = np.maximum(within, between)
+        scores[start : start + block] = np.divide(
+            between - within, larger, out=np.zeros(len(own)), where=(sizes[own] > 1) & (larger > 0)
+        )
+    return float(scores.mean())
+
+
 def shared_trigger(
-    x: np.ndarray, members: np.ndarray, others: np.ndarray, share: float
+    x: np.ndarray,
+    members: np.ndarray,
+    others: np.ndarray,
+    share: float,
+    span: np.ndarray | None = None,
 ) -> np.ndarray:
     """Features on which at least `share` of the cluster lies outside the range (1% and 99%
     quantiles) of the rows of other classes (`others`, a mask), at one common value (a
     stamped patch or a set feature, not natural variation): the trigger. Empty when none.
     Other classes are the reference because a backdoor relabels every triggered row into
     the target class, so they hold no trigger, while the target class may hold triggered
-    rows the cluster missed."""
-    low, high = np.quantile(x[others], [0.01, 0.99], axis=0)
+    rows the cluster missed. `span`: each feature's range over `x`, when already known."""
     values = x[members]
-    outside = np.maximum((values > high).mean(axis=0), (values < low).mean(axis=0))
-    span = np.ptp(x, axis=0)
+    span = np.ptp(x, axis=0) if span is None else span
     typical = np.median(values, axis=0)
     common = (np.abs(values - typical) <= 0.05 * np.where(span > 0, span, 1.0)).mean(axis=0)
-    return np.flatnonzero((outside >= share) & (common >= share))
+    # The quantiles sort the other classes' rows: only on the features the cluster shares.
+    agreed = np.flatnonzero(common >= share)
+    if not len(agreed):
+        return agreed
+    low, high = _quantiles(x[:, agreed][others].T, (0.01, 0.99))
+    values = values[:, agreed]
+    outside = np.maximum((values > high).mean(axis=0), (values < low).mean(axis=0))
+    return agreed[outside >= share]
+
+
+def _quantiles(rows: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
+    """np.quantile(rows, levels, axis=1) (linear interpolation) from one sort per row,
+    which beats its partitioning for the few thousand, often tied, values of a feature."""
+    ordered = np.sort(rows, axis=1)
+    position = np.asarray(levels) * (ordered.shape[1] - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, ordered.shape[1] - 1)
+    fraction = position - below
+    return (ordered[:, below] * (1 - fraction) + ordered[:, above] * fraction).T
 
 
 def _carriers(
@@ -322,56 +521,54 @@ def _carriers(
 def _exclusionary_reclassification(
     x: np.ndarray,
     y: np.ndarray,
-    candidates: dict[int, tuple[np.ndarray, float, float]],
+    suspects: list[np.ndarray],
     estimator: Any,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Per row: does a model fitted without every candidate cluster put it in another class?"""
+    """Per row of a suspect cluster: does a model fitted without every suspect cluster put it
+    in another class? The model is the user's estimator (cloned and fitted), else 5 nearest
+    neighbours on range-scaled inputs, which follow a small sub-style of a class better than
+    a linear model does (a rare but genuine style must not look like poison). Range scaling,
+    not standardising: a near-constant trigger feature must not dominate the distance."""
     moved = np.zeros(len(y), dtype=bool)
-    if not candidates:
+    if not suspects:
         return moved
-    held_out = np.concatenate([members for members, _, _ in candidates.values()])
+    held_out = np.concatenate(suspects)
     keep = np.ones(len(y), dtype=bool)
     keep[held_out] = False
     if len(np.unique(y[keep])) < 2:
         return moved
-    model = _reclassifier(estimator, rng).fit(x[keep], y[keep])
-    moved[held_out] = model.predict(x[held_out]) != y[held_out]
+    if estimator is not None:
+        model = _default_model(estimator, rng).fit(x[keep], y[keep])
+        predicted = model.predict(x[held_out])
+    else:
+        predicted = _nearest_neighbour_vote(x[keep], y[keep], x[held_out], k=5)
+    moved[held_out] = predicted != y[held_out]
     return moved
 
 
-def _project(values: np.ndarray, components: int, rng: np.random.Generator) -> np.ndarray:
-    from sklearn.decomposition import PCA
-
-    k = min(components, values.shape[1], len(values) - 1)
-    return PCA(k, random_state=int(rng.integers(1 << 31))).fit_transform(values)
-
-
-def _spectral_signature(values: np.ndarray) -> np.ndarray:
-    centred = values - values.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return (centred @ vt[0]) ** 2
-
-
-def _two_clusters(
-    values: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, float, float, np.ndarray]:
-    """Smaller cluster's mask, its share, the silhouette, and per row how much closer it is
-    to the smaller cluster's centre than to the larger's (positive = in the smaller)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
-    fit = KMeans(2, n_init=4, random_state=int(rng.integers(1 << 31))).fit(values)
-    labels = fit.labels_
-    if len(np.unique(labels)) < 2:
-        return np.zeros(len(values), bool), 1.0, 0.0, np.zeros(len(values))
-    small_id = int(np.argmin(np.bincount(labels)))
-    small = labels == small_id
-    distances = fit.transform(values)
-    spread = np.median(distances.min(axis=1)) or 1.0
-    margin = (distances[:, 1 - small_id] - distances[:, small_id]) / spread
-    silhouette = float(silhouette_score(values, labels))
-    return small, float(small.mean()), silhouette, np.maximum(margin, 0.0)
+def _nearest_neighbour_vote(
+    train: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
+) -> np.ndarray:
+    """The majority label (smallest on ties) of each query's k nearest training rows, with
+    every feature scaled to the training rows' [0, 1] range: brute force, one matrix product
+    per block of queries, as there are few queries and no index pays for itself."""
+    span = np.ptp(train, axis=0)
+    weights = (1.0 / np.where(span > 0, span, 1.0) ** 2).astype(train.dtype)
+    # The scaling folds into feature weights (the offset cancels in differences), so the
+    # training rows are never copied; each query's own squared norm is common to its
+    # distances and left out.
+    train_terms = (train * train) @ weights
+    k = min(k, len(train))
+    classes, codes = np.unique(labels, return_inverse=True)
+    block = max(1, 4_000_000 // len(train))
+    votes = np.empty(len(queries), dtype=np.intp)
+    for start in range(0, len(queries), block):
+        distances = train_terms - (2.0 * weights * queries[start : start + block]) @ train.T
+        nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        counts = (codes[nearest][..., None] == np.arange(len(classes))).sum(axis=1)
+        votes[start : start + block] = counts.argmax(axis=1)
+    return classes[votes]
 
 
 def duplicates(result: CheckResult, x: np.ndarray, y: np.ndarray, options: CheckOptions) -> None:
