@@ -28,6 +28,7 @@ from bastion.supplychain.scan.detect import dispatch
 # is mostly short reads, tells and seeks, which cost far less on BytesIO than on a buffered
 # file (a quarter of the time on 2,000 small pickles).
 READ_WHOLE_BYTES = 1 << 20
+_DEFAULT_LIMITS = Limits()
 
 
 @dataclass
@@ -55,16 +56,19 @@ class ScanResult:
         return [f for f in self.findings if f.severity >= threshold]
 
 
-def _files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+def _files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    """Every file under `paths`, named as pathlib names it (`str(Path(root) / name)`), but
+    joined as strings: on a folder of small files pathlib's parsing was a tenth of the scan."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for root, dirs, names in os.walk(path):
                 dirs.sort()
+                folder = str(Path(root))
                 for name in sorted(names):
-                    yield Path(root) / name
+                    yield name if folder == "." else os.path.join(folder, name)
         elif path.is_file():
-            yield path
+            yield str(path)
         elif path.exists():
             raise InputError(f"{path}: not a regular file or directory")
         else:
@@ -76,7 +80,7 @@ def scan_file(path: str | os.PathLike[str], *, trusted: Iterable[str] = (),
     """Scan one file; unreadable files become findings, never exceptions."""
     started = time.perf_counter()
     location = Location(str(path))
-    ctx = ScanContext(limits or Limits(), dispatch, frozenset(trusted))
+    ctx = ScanContext(limits or _DEFAULT_LIMITS, dispatch, frozenset(trusted))
     size = 0
     try:
         with open(path, "rb") as handle:

@@ -1,0 +1,198 @@
+"""A fast path for small pickles that are plainly data: one question, answered with CPython's
+C unpickler, "would the symbolic machine find nothing here?". Only a yes is ever acted on;
+anything else sends the stream to the symbolic machine (pickle_machine), which produces the
+findings. The fast path never decides that a file is dangerous, only that it is clean.
+
+Nothing named in the file is imported or called. The C unpickler parses; every global it
+asks for (`find_class`) and every persistent id (`persistent_load`) is answered with an
+inert recorder object of this module's own making, so what it "builds" is a tree of plain
+containers and recorders. Any global that the default-deny policy does not call a safe data
+reconstructor, any nested loader or bytecode loader, any change to a global (BUILD, APPEND,
+SETITEM or ADDITEMS on it), any error at all, ends the fast path.
+
+Why a clean answer here means a clean answer from the symbolic machine
+------------------------------------------------------------------------
+The two must read the same opcodes with the same arguments, and everything the machine
+reports on must be bounded. The conditions, each checked before or after the load:
+
+1. Parser agreement. Loaders differ only on arguments that are text lines (INT, LONG, FLOAT,
+   STRING, UNICODE, GET, PUT, GLOBAL, INST, PERSID): NUL bytes, hex and octal numbers,
+   escapes, encodings (the fixtures float_nul_terminated, int_hex_before_payload and
+   put_key_nul_terminated live there). Every other argument is fixed-size or
+   length-prefixed, read the same way by every parser. So every text line the C unpickler
+   reads must be one dotted ASCII identifier (`_NAME_LINE`): such a line means the same to
+   pickletools and to the loaders (no escapes, no NUL, no non-ASCII byte, no whitespace),
+   and as a number, memo key or quoted string it is refused by the C unpickler. The lines
+   are checked in `readline`, which the C unpickler calls for every text line as long as it
+   never buffers input ahead: it only does that inside a FRAME (or with a `peek` method,
+   which the stream here lacks). The leading frame that protocol 4 and 5 write right after
+   PROTO is removed before parsing (FRAME is a no-op to the symbolic machine, so the opcode
+   sequence is unchanged); if the rest still holds a FRAME byte (0x95), no newline may
+   follow it, so no text line can be parsed inside a frame.
+2. One pickle, ending where the data ends, at its STOP. The C unpickler stops reading right
+   after STOP unless a frame made it read ahead; a second parse with the last byte changed
+   must fail, which proves the last byte was the STOP it read (a byte after STOP would not
+   change the parse). The symbolic machine then also meets the end of the stream after one
+   pickle. Files holding several pickles (legacy torch) take the full path.
+3. Globals. The C unpickler calls `find_class` for GLOBAL, STACK_GLOBAL, INST and the EXT
+   opcodes; the names it passes are checked as exact dotted ASCII identifiers (so they are
+   the strings the symbolic machine builds, before its own stripping and Python 2 mapping,
+   which this path applies the same way through `normalise`). EXT codes resolve through
+   copyreg's registry and a cache that skips `find_class`, so the fast path runs only while
+   both are empty (as they are unless a program registers extensions); then every EXT
+   opcode fails. A STACK_GLOBAL operand computed by a call is a recorder, not a `str`, and
+   the C unpickler refuses it (the machine reports it as unresolved).
+4. Expansion and depth, which the machine measures on symbolic values. The depth of any
+   value grows by at most one per opcode, so a pickle of at most `max_depth` bytes cannot
+   nest deeper than the limit. The size a value would expand to counts paths in the graph
+   of references; without GET or DUP every value has one parent, and each GET or DUP adds
+   at most one extra parent to a value and to each version of it that in-place growth makes,
+   which at most quadruples the number of paths: a pickle of n bytes with k GET/BINGET/
+   LONG_BINGET/DUP opcodes expands to at most n * 4**k elements. k is bounded by counting
+   the bytes those opcodes are written with (GET's 'g' only where a newline follows).
+5. Memory. The input is at most `max_depth` bytes, so what the unpickler builds is small. A
+   length field of BINBYTES, BINBYTES8 or BYTEARRAY8 makes it allocate before it reads; that
+   allocation is never written to (the read comes up short and the load fails), and one
+   larger than the system can map raises MemoryError, which ends the fast path like any
+   other error.
+
+tests/supplychain/scan/test_pickle_fast.py runs both on every malicious technique, on the
+benign fixtures, on the bench corpus shapes and on fuzzed mutations, and asserts that the
+fast path never says clean where the machine finds anything.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import functools
+import io
+import pickle
+import re
+from typing import Any
+
+from bastion.supplychain.scan.context import Limits
+from bastion.supplychain.scan.pickle_policy import (
+    CODE_LOADERS,
+    NESTED_LOADERS,
+    Kind,
+    classify,
+    normalise,
+)
+
+_IDENTIFIERS = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_NAME = re.compile(_IDENTIFIERS)
+_NAME_LINE = re.compile(_IDENTIFIERS.encode() + rb"\n")
+_PROTO, _FRAME = 0x80, 0x95
+_FRAME_HEADER = 9  # FRAME and its eight-byte length
+_SHARING_BYTES = (b"h", b"j", b"2")  # BINGET, LONG_BINGET, DUP; GET ('g') is counted apart
+
+
+class _Refused(Exception):
+    """Raised inside the unpickler's hooks: the fast path has no answer for this pickle."""
+
+
+class _Global:
+    """What `find_class` returns: calling it makes a `_Made`; changing it refuses."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Made:
+        return _Made()
+
+    def _refuse(self, *args: Any) -> None:
+        raise _Refused("a global object is changed by the pickle")
+
+    __setstate__ = __setitem__ = append = extend = add = _refuse
+
+
+class _Made:
+    """The result of calling a safe reconstructor: takes state and items, keeps nothing."""
+
+    __slots__ = ()
+
+    def _accept(self, *args: Any) -> None:
+        return None
+
+    __setstate__ = __setitem__ = append = extend = add = _accept
+
+
+class _Opaque:
+    """A persistent id's object (a torch storage, say): inert."""
+
+    __slots__ = ()
+
+
+_GLOBAL, _OPAQUE = _Global(), _Opaque()
+
+
+@functools.lru_cache(maxsize=4096)
+def _safe_global(module: str, name: str) -> bool:
+    """A name the symbolic machine resolves the same way and gives no finding: a safe data
+    reconstructor that loads no nested payload and no bytecode."""
+    if not (_NAME.fullmatch(module) and _NAME.fullmatch(name)):
+        return False
+    qualified = normalise(module, name)
+    if qualified in NESTED_LOADERS or qualified in CODE_LOADERS:
+        return False
+    return classify(qualified).kind is Kind.SAFE
+
+
+class _CheckedLines(io.BytesIO):
+    """The input, refusing (as an empty line, which the unpickler treats as truncated data)
+    any text line that is not one dotted ASCII identifier."""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline()
+        return line if _NAME_LINE.fullmatch(line) else b""
+
+
+class _Recorder(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if not _safe_global(module, name):
+            raise _Refused(f"global {module}.{name}")
+        return _GLOBAL
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, str):  # PERSID's text line: pickletools reads escapes in it
+            raise _Refused("text persistent id")
+        return _OPAQUE
+
+
+def _parses_to_the_end(data: bytes) -> bool:
+    """One pickle, parsed without error, whose reading ended at the last byte, and whose value
+    is not a number (the symbolic path reads on after the legacy torch magic number)."""
+    stream = _CheckedLines(data)
+    try:
+        value = _Recorder(stream).load()
+    except Exception:  # any failure, ours or the unpickler's, means "ask the machine"
+        return False
+    return stream.tell() == len(data) and not isinstance(value, int)
+
+
+def _without_leading_frame(data: bytes) -> bytes:
+    if len(data) > 2 + _FRAME_HEADER and data[0] == _PROTO and data[2] == _FRAME:
+        return data[:2] + data[2 + _FRAME_HEADER :]
+    return data
+
+
+def _sharing_opcodes_at_most(data: bytes) -> int:
+    last_newline = data.rfind(b"\n")
+    gets = data.count(b"g", 0, last_newline) if last_newline > 0 else 0
+    return gets + sum(data.count(byte) for byte in _SHARING_BYTES)
+
+
+def is_clean(data: bytes, limits: Limits) -> bool:
+    """True only when the symbolic machine would find nothing in this one pickle."""
+    if len(data) > limits.max_depth or copyreg._inverted_registry or copyreg._extension_cache:
+        return False
+    body = _without_leading_frame(data)
+    frame = body.find(_FRAME.to_bytes(1, "little"))
+    if frame >= 0 and b"\n" in body[frame:]:
+        return False
+    if len(data) * 4 ** _sharing_opcodes_at_most(body) > limits.max_expansion:
+        return False
+    if not _parses_to_the_end(body):
+        return False
+    # Without a FRAME the unpickler never reads past STOP. With one, the last byte must be the
+    # STOP the parse ended on: change it and the parse must fail.
+    return frame < 0 or not _parses_to_the_end(body[:-1] + b"\0")
