@@ -75,6 +75,16 @@ def _files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
             raise InputError(f"{path}: no such file or directory")
 
 
+def _read_whole(handle: BinaryIO, size: int) -> bytes:
+    """Up to READ_WHOLE_BYTES of the file. A read allocates what it asks for, so ask for the
+    size fstat gave (plus one byte, to notice a file that grew since) rather than for the
+    limit: a megabyte allocated per file cost more than scanning a small pickle."""
+    data = handle.read(min(size + 1, READ_WHOLE_BYTES))
+    if len(data) > size:
+        data += handle.read(READ_WHOLE_BYTES - len(data))
+    return data
+
+
 def scan_file(path: str | os.PathLike[str], *, trusted: Iterable[str] = (),
               limits: Limits | None = None) -> FileReport:
     """Scan one file; unreadable files become findings, never exceptions."""
@@ -88,7 +98,7 @@ def scan_file(path: str | os.PathLike[str], *, trusted: Iterable[str] = (),
             size = info.st_size
             stream: BinaryIO = handle
             if stat.S_ISREG(info.st_mode) and size <= READ_WHOLE_BYTES:
-                stream = io.BytesIO(handle.read(READ_WHOLE_BYTES))
+                stream = io.BytesIO(_read_whole(handle, size))
             findings = dispatch(stream, location, ctx)
     except OSError as exc:
         findings = [rules.unreadable_finding(exc.strerror or str(exc), location)]

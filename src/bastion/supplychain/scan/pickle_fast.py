@@ -13,35 +13,39 @@ SETITEM or ADDITEMS on it), any error at all, ends the fast path.
 Why a clean answer here means a clean answer from the symbolic machine
 ------------------------------------------------------------------------
 The two must read the same opcodes with the same arguments, and everything the machine
-reports on must be bounded. The conditions, each checked before or after the load:
+reports on must be bounded. The conditions:
 
-1. Parser agreement. Loaders differ only on arguments that are text lines (INT, LONG, FLOAT,
-   STRING, UNICODE, GET, PUT, GLOBAL, INST, PERSID): NUL bytes, hex and octal numbers,
-   escapes, encodings (the fixtures float_nul_terminated, int_hex_before_payload and
-   put_key_nul_terminated live there). Every other argument is fixed-size or
-   length-prefixed, read the same way by every parser. So every text line the C unpickler
-   reads must be one dotted ASCII identifier (`_NAME_LINE`): such a line means the same to
-   pickletools and to the loaders (no escapes, no NUL, no non-ASCII byte, no whitespace),
-   and as a number, memo key or quoted string it is refused by the C unpickler. The lines
-   are checked in `readline`, which the C unpickler calls for every text line as long as it
-   never buffers input ahead: it only does that inside a FRAME (or with a `peek` method,
-   which the stream here lacks). The leading frame that protocol 4 and 5 write right after
-   PROTO is removed before parsing (FRAME is a no-op to the symbolic machine, so the opcode
-   sequence is unchanged); if the rest still holds a FRAME byte (0x95), no newline may
-   follow it, so no text line can be parsed inside a frame.
-2. One pickle, ending where the data ends, at its STOP. The C unpickler stops reading right
-   after STOP unless a frame made it read ahead; a second parse with the last byte changed
-   must fail, which proves the last byte was the STOP it read (a byte after STOP would not
-   change the parse). The symbolic machine then also meets the end of the stream after one
-   pickle. Files holding several pickles (legacy torch) take the full path.
-3. Globals. The C unpickler calls `find_class` for GLOBAL, STACK_GLOBAL, INST and the EXT
-   opcodes; the names it passes are checked as exact dotted ASCII identifiers (so they are
-   the strings the symbolic machine builds, before its own stripping and Python 2 mapping,
-   which this path applies the same way through `normalise`). EXT codes resolve through
-   copyreg's registry and a cache that skips `find_class`, so the fast path runs only while
-   both are empty (as they are unless a program registers extensions); then every EXT
-   opcode fails. A STACK_GLOBAL operand computed by a call is a recorder, not a `str`, and
-   the C unpickler refuses it (the machine reports it as unresolved).
+1. The same opcodes. Fixed-size and length-prefixed arguments are read the same way by every
+   parser. Text-line arguments end at the first newline for every parser too, so the opcode
+   sequence is the same; what differs between loaders is which lines they accept and what
+   value they give them (NUL bytes, hex and octal numbers, escapes, encodings: the fixtures
+   float_nul_terminated, int_hex_before_payload and put_key_nul_terminated live there). The
+   symbolic machine reads them as the C unpickler does (pickle_machine._LOADER_READERS), and
+   for each of them a line the C unpickler accepts is one the machine accepts, with the same
+   value where the value matters: memo keys (GET, PUT: both parse base 10 up to a NUL),
+   strings (STRING: the same unescaping, ASCII here, latin-1 there; UNICODE: the same
+   raw-unicode-escape decoder), numbers (INT, LONG, FLOAT: what C's strtol, PyLong_FromString
+   and PyOS_string_to_double accept, int(text, 0), int(text, 8) and float() accept too; a
+   number's value never makes a finding). Global names (GLOBAL, INST, STACK_GLOBAL, EXT) must
+   be exact dotted ASCII identifiers, which every decoder reads alike. PERSID's text id is
+   refused (pickletools unescapes it, so it may fail there and not in C).
+   Where the C unpickler is stricter (it refuses a protocol above 5, NEWOBJ of something that
+   is not a class, a non-tuple REDUCE argument, a PUT right after MARK, ...) the fast path
+   simply has no answer.
+2. One pickle, ending where the data ends. The stream offers `peek`, so the C unpickler parses
+   from one buffer and, when it returns, consumes exactly the bytes up to its STOP (frames
+   included, even one that claims bytes after STOP). That must be the end of the data: the
+   machine then also meets the end of the stream after one pickle. Files holding several
+   pickles (legacy torch, whose first pickle is a number) take the full path.
+3. Globals. Every global the C unpickler resolves goes through `find_class`, and only names
+   the default-deny policy calls safe data reconstructors are answered (nested loaders and
+   bytecode loaders excluded, even where safe, so the machine scans their payloads). EXT
+   codes resolve through copyreg's registry and a cache that skips `find_class`, so the fast
+   path runs only while both are empty (as they are unless a program registers extensions);
+   then every EXT opcode fails. A STACK_GLOBAL operand computed by a call is a recorder, not
+   a `str`, and the C unpickler refuses it (the machine reports it as unresolved). BUILD,
+   APPEND(S), SETITEM(S) or ADDITEMS on a global (monkey-patching, which the machine reports
+   even for safe names) raise from the recorder.
 4. Expansion and depth, which the machine measures on symbolic values. The depth of any
    value grows by at most one per opcode, so a pickle of at most `max_depth` bytes cannot
    nest deeper than the limit. The size a value would expand to counts paths in the graph
@@ -56,8 +60,8 @@ reports on must be bounded. The conditions, each checked before or after the loa
    larger than the system can map raises MemoryError, which ends the fast path like any
    other error.
 
-tests/supplychain/scan/test_pickle_fast.py runs both on every malicious technique, on the
-benign fixtures, on the bench corpus shapes and on fuzzed mutations, and asserts that the
+tests/supplychain/scan/test_pickle_fast.py runs both on every malicious technique, on real
+library pickles, on the bench corpus shapes and on fuzzed mutations, and asserts that the
 fast path never says clean where the machine finds anything.
 """
 
@@ -81,9 +85,6 @@ from bastion.supplychain.scan.pickle_policy import (
 
 _IDENTIFIERS = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _NAME = re.compile(_IDENTIFIERS)
-_NAME_LINE = re.compile(_IDENTIFIERS.encode() + rb"\n")
-_PROTO, _FRAME = 0x80, 0x95
-_FRAME_HEADER = 9  # FRAME and its eight-byte length
 _SHARING_BYTES = (b"h", b"j", b"2")  # BINGET, LONG_BINGET, DUP; GET ('g') is counted apart
 
 
@@ -137,13 +138,12 @@ def _safe_global(module: str, name: str) -> bool:
     return classify(qualified).kind is Kind.SAFE
 
 
-class _CheckedLines(io.BytesIO):
-    """The input, refusing (as an empty line, which the unpickler treats as truncated data)
-    any text line that is not one dotted ASCII identifier."""
+class _Prefetched(io.BytesIO):
+    """The data offered whole through `peek`: the C unpickler parses it from its own buffer
+    and, when done, reads (consumes) exactly the bytes it used, up to its STOP."""
 
-    def readline(self, size: int | None = -1) -> bytes:
-        line = super().readline()
-        return line if _NAME_LINE.fullmatch(line) else b""
+    def peek(self, size: int = 0) -> bytes:
+        return self.getvalue()[self.tell() :]
 
 
 class _Recorder(pickle.Unpickler):
@@ -158,21 +158,15 @@ class _Recorder(pickle.Unpickler):
         return _OPAQUE
 
 
-def _parses_to_the_end(data: bytes) -> bool:
-    """One pickle, parsed without error, whose reading ended at the last byte, and whose value
-    is not a number (the symbolic path reads on after the legacy torch magic number)."""
-    stream = _CheckedLines(data)
+def _one_pickle_to_the_end(data: bytes) -> bool:
+    """One pickle, parsed without error, whose STOP is the last byte, and whose value is not
+    a number (the full path reads on after the legacy torch magic number)."""
+    stream = _Prefetched(data)
     try:
         value = _Recorder(stream).load()
     except Exception:  # any failure, ours or the unpickler's, means "ask the machine"
         return False
     return stream.tell() == len(data) and not isinstance(value, int)
-
-
-def _without_leading_frame(data: bytes) -> bytes:
-    if len(data) > 2 + _FRAME_HEADER and data[0] == _PROTO and data[2] == _FRAME:
-        return data[:2] + data[2 + _FRAME_HEADER :]
-    return data
 
 
 def _sharing_opcodes_at_most(data: bytes) -> int:
@@ -185,14 +179,6 @@ def is_clean(data: bytes, limits: Limits) -> bool:
     """True only when the symbolic machine would find nothing in this one pickle."""
     if len(data) > limits.max_depth or copyreg._inverted_registry or copyreg._extension_cache:
         return False
-    body = _without_leading_frame(data)
-    frame = body.find(_FRAME.to_bytes(1, "little"))
-    if frame >= 0 and b"\n" in body[frame:]:
+    if len(data) * 4 ** _sharing_opcodes_at_most(data) > limits.max_expansion:
         return False
-    if len(data) * 4 ** _sharing_opcodes_at_most(body) > limits.max_expansion:
-        return False
-    if not _parses_to_the_end(body):
-        return False
-    # Without a FRAME the unpickler never reads past STOP. With one, the last byte must be the
-    # STOP the parse ended on: change it and the parse must fail.
-    return frame < 0 or not _parses_to_the_end(body[:-1] + b"\0")
+    return _one_pickle_to_the_end(data)
