@@ -184,6 +184,13 @@ def test_nesting_beyond_the_limit_is_not_called_clean() -> None:
     assert not assert_never_weaker(data, limits)
 
 
+@pytest.mark.parametrize("put", [b"r" + struct.pack("<I", 0xFFFFFFF0), b"p4000000000\n"])
+def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(put: bytes) -> None:
+    data = b"\x80\x02N" + put + b"."
+    assert full_path(data) == ([], [])  # harmless to the machine, whose memo is a dict
+    assert not pickle_fast.is_clean(data, LIMITS)
+
+
 def test_a_legacy_torch_magic_number_takes_the_full_path() -> None:
     data = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
     assert not pickle_fast.is_clean(data, LIMITS)

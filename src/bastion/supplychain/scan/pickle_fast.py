@@ -46,19 +46,22 @@ reports on must be bounded. The conditions:
    a `str`, and the C unpickler refuses it (the machine reports it as unresolved). BUILD,
    APPEND(S), SETITEM(S) or ADDITEMS on a global (monkey-patching, which the machine reports
    even for safe names) raise from the recorder.
-4. Expansion and depth, which the machine measures on symbolic values. The depth of any
-   value grows by at most one per opcode, so a pickle of at most `max_depth` bytes cannot
-   nest deeper than the limit. The size a value would expand to counts paths in the graph
-   of references; without GET or DUP every value has one parent, and each GET or DUP adds
-   at most one extra parent to a value and to each version of it that in-place growth makes,
-   which at most quadruples the number of paths: a pickle of n bytes with k GET/BINGET/
-   LONG_BINGET/DUP opcodes expands to at most n * 4**k elements. k is bounded by counting
-   the bytes those opcodes are written with (GET's 'g' only where a newline follows).
-5. Memory. The input is at most `max_depth` bytes, so what the unpickler builds is small. A
-   length field of BINBYTES, BINBYTES8 or BYTEARRAY8 makes it allocate before it reads; that
-   allocation is never written to (the read comes up short and the load fails), and one
-   larger than the system can map raises MemoryError, which ends the fast path like any
-   other error.
+4. Expansion and depth, which the machine measures on symbolic values. `_shape` splits the
+   data into opcodes first (the split every parser makes: fixed-size arguments, length
+   prefixes, lines). The depth of any value grows by at most one per opcode, so a pickle of
+   at most `max_depth` opcodes cannot nest deeper than the limit. The size a value would
+   expand to counts paths in the graph of references; without GET or DUP every value has one
+   parent, and each GET or DUP adds at most one extra parent to a value and to each version
+   of it that in-place growth makes, which at most quadruples the number of paths: a pickle
+   of n opcodes with k GET/BINGET/LONG_BINGET/DUP opcodes expands to at most n * 4**k
+   elements, which must be within `max_expansion`.
+5. Memory. At most MAX_BYTES of input and `max_depth` opcodes, so what the unpickler builds
+   is small. Its memo is an array as long as the largest index a PUT or LONG_BINPUT names,
+   zeroed when it grows (a four-byte index could ask for 32 GiB), so large indices are
+   refused before parsing. A length field of BINBYTES, BINBYTES8 or BYTEARRAY8 makes it
+   allocate before it reads; that allocation is never written to (the read comes up short
+   and the load fails), and one larger than the system can map raises MemoryError, which
+   ends the fast path like any other error.
 
 tests/supplychain/scan/test_pickle_fast.py runs both on every malicious technique, on real
 library pickles, on the bench corpus shapes and on fuzzed mutations, and asserts that the
@@ -71,6 +74,7 @@ import copyreg
 import functools
 import io
 import pickle
+import pickletools
 import re
 from typing import Any
 
@@ -85,7 +89,8 @@ from bastion.supplychain.scan.pickle_policy import (
 
 _IDENTIFIERS = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _NAME = re.compile(_IDENTIFIERS)
-_SHARING_BYTES = (b"h", b"j", b"2")  # BINGET, LONG_BINGET, DUP; GET ('g') is counted apart
+# Larger pickles hold model classes, not plain data, and the full path is what they need.
+MAX_BYTES = 64 * 1024
 
 
 class _Refused(Exception):
@@ -169,16 +174,84 @@ def _one_pickle_to_the_end(data: bytes) -> bool:
     return stream.tell() == len(data) and not isinstance(value, int)
 
 
-def _sharing_opcodes_at_most(data: bytes) -> int:
-    last_newline = data.rfind(b"\n")
-    gets = data.count(b"g", 0, last_newline) if last_newline > 0 else 0
-    return gets + sum(data.count(byte) for byte in _SHARING_BYTES)
+def _argument_kinds() -> list[int | None]:
+    """Per opcode byte: the size of its fixed argument, or how the argument is delimited."""
+    kinds: list[int | None] = [None] * 256
+    for op in pickletools.opcodes:
+        kind = op.arg.n if op.arg is not None else 0
+        if op.arg is not None and op.arg.name == "stringnl_noescape_pair":
+            kind = _TWO_LINES
+        kinds[ord(op.code)] = kind
+    return kinds
+
+
+_LINE, _TWO_LINES = pickletools.UP_TO_NEWLINE, -100
+_SIGNED_LENGTH = pickletools.TAKEN_FROM_ARGUMENT4
+_LENGTH_BYTES = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
+_KINDS = _argument_kinds()
+_SHARING = frozenset(b"ghj2")  # GET, BINGET, LONG_BINGET, DUP
+_STOP, _PUT, _LONG_BINPUT = ord("."), ord("p"), ord("r")
+# The C unpickler keeps its memo in an array as long as the largest index it is given: keep
+# that under a few megabytes (Python's pickler numbers memo entries from 0 upwards).
+_MAX_MEMO_INDEX = 1 << 18
+_MAX_PUT_DIGITS = 5
+
+
+def _shape(data: bytes, max_opcodes: int) -> tuple[int, int] | None:
+    """(opcodes, GET/BINGET/LONG_BINGET/DUP opcodes) of the one pickle `data` holds, split into
+    opcodes the way every parser splits it; None when the data is not exactly one pickle, has
+    more than `max_opcodes` opcodes, or gives a memo index that would make the C unpickler
+    allocate (and zero) a large memo table."""
+    kinds, end, at = _KINDS, len(data), 0
+    count = sharing = 0
+    while at < end and count < max_opcodes:
+        op = data[at]
+        kind = kinds[op]
+        at += 1
+        count += 1
+        if kind is None:
+            return None
+        if op in _SHARING:
+            sharing += 1
+        if kind > 0:
+            if op == _LONG_BINPUT and int.from_bytes(data[at : at + 4], "little") > _MAX_MEMO_INDEX:
+                return None
+            at += kind
+        elif kind == 0:
+            if op == _STOP:
+                return (count, sharing) if at == end else None
+        elif kind == _LINE:
+            newline = data.find(b"\n", at)
+            if newline < 0 or (op == _PUT and _digits(data[at:newline]) > _MAX_PUT_DIGITS):
+                return None
+            at = newline + 1
+        elif kind == _TWO_LINES:
+            newline = data.find(b"\n", data.find(b"\n", at) + 1)
+            if newline < 0:
+                return None
+            at = newline + 1
+        else:
+            size = _LENGTH_BYTES[kind]
+            length = int.from_bytes(data[at : at + size], "little", signed=kind == _SIGNED_LENGTH)
+            if length < 0:
+                return None
+            at += size + length
+    return None
+
+
+def _digits(text: bytes) -> int:
+    return len(text) - len(text.translate(None, b"0123456789"))
 
 
 def is_clean(data: bytes, limits: Limits) -> bool:
     """True only when the symbolic machine would find nothing in this one pickle."""
-    if len(data) > limits.max_depth or copyreg._inverted_registry or copyreg._extension_cache:
+    if len(data) > MAX_BYTES or copyreg._inverted_registry or copyreg._extension_cache:
         return False
-    if len(data) * 4 ** _sharing_opcodes_at_most(data) > limits.max_expansion:
+    shape = _shape(data, limits.max_depth)
+    if shape is None:
+        return False
+    opcodes, sharing = shape
+    if opcodes * 4**sharing > limits.max_expansion:
         return False
     return _one_pickle_to_the_end(data)

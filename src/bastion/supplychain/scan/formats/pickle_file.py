@@ -220,7 +220,7 @@ def _fast_path_clean(stream: BinaryIO, ctx: ScanContext) -> bool:
         return False
     size = stream.seek(0, io.SEEK_END)
     stream.seek(0)
-    return size <= ctx.limits.max_depth and pickle_fast.is_clean(stream.getvalue(), ctx.limits)
+    return size <= pickle_fast.MAX_BYTES and pickle_fast.is_clean(stream.getvalue(), ctx.limits)
 
 
 SCANNER = FormatScanner(
