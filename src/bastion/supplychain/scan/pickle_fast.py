@@ -227,7 +227,8 @@ def _shape(data: bytes, max_opcodes: int) -> tuple[int, int] | None:
                 return None
             at = newline + 1
         elif kind == _TWO_LINES:
-            newline = data.find(b"\n", data.find(b"\n", at) + 1)
+            first = data.find(b"\n", at)
+            newline = data.find(b"\n", first + 1) if first >= 0 else -1
             if newline < 0:
                 return None
             at = newline + 1
