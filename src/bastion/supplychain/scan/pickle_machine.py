@@ -189,30 +189,49 @@ _LOADER_READERS = {
     "PUT": _read_memo_key,
     "STRING": _read_string,
 }
+
+
+def _quietly(reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The reader without the DeprecationWarning that codecs.escape_decode raises for odd
+    escapes in protocol-0 text (hostile files are full of them). Only the text readers that
+    unescape need it, so the cost of catching warnings is paid by those rare opcodes alone."""
+
+    def read(f: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return reader(f)
+
+    return read
+
+
+_UNESCAPING_READERS = (pickletools.read_stringnl_noescape,
+                       pickletools.read_stringnl_noescape_pair, _read_string)
+
+
+def _reader(op: pickletools.OpcodeInfo) -> Callable[[Any], Any] | None:
+    reader = _LOADER_READERS.get(op.name, op.arg and op.arg.reader)
+    return _quietly(reader) if reader in _UNESCAPING_READERS else reader
+
+
 # Opcode byte -> (name, argument reader or None).
-_OPCODES = {
-    op.code.encode("latin-1"): (op.name, _LOADER_READERS.get(op.name, op.arg and op.arg.reader))
-    for op in pickletools.opcodes
-}
+_OPCODES = {op.code.encode("latin-1"): (op.name, _reader(op)) for op in pickletools.opcodes}
 
 
 def quiet_genops(stream: Any) -> Iterator[tuple[str, Any, int]]:
     """(opcode name, argument, offset) up to STOP, like pickletools.genops but with arguments
     read as the loaders read them, and without the DeprecationWarning pickletools raises for
-    odd escapes in protocol-0 strings (hostile files are full of them)."""
+    odd escapes in protocol-0 strings (see _quietly)."""
     read, tell, opcodes = stream.read, stream.tell, _OPCODES
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        while True:
-            pos = tell()
-            code = read(1)
-            entry = opcodes.get(code)
-            if entry is None:
-                raise ValueError(f"opcode {code!r} unknown" if code else "pickle exhausted")
-            name, reader = entry
-            yield name, (None if reader is None else reader(stream)), pos
-            if code == b".":
-                return
+    while True:
+        pos = tell()
+        code = read(1)
+        entry = opcodes.get(code)
+        if entry is None:
+            raise ValueError(f"opcode {code!r} unknown" if code else "pickle exhausted")
+        name, reader = entry
+        yield name, (None if reader is None else reader(stream)), pos
+        if code == b".":
+            return
 
 
 class _CappedReads:
@@ -272,17 +291,27 @@ class PickleMachine:
     def run(self, opcode_budget: int) -> Any:
         """Follow opcodes up to STOP; raise MalformedPickle where the real loader would fail
         (everything before that point has been analysed, as it would have run)."""
-        pos = None
-        handlers = _HANDLERS
+        pos = None  # the last opcode read whole: where a break is reported
+        stream = _capped(self.stream)
+        read, tell, steps = stream.read, stream.tell, _STEPS
         try:
-            for name, arg, pos in quiet_genops(_capped(self.stream)):
+            # quiet_genops inlined: this loop is most of a scan's time
+            while True:
+                at = tell()
+                code = read(1)
+                step = steps.get(code)
+                if step is None:
+                    raise ValueError(f"opcode {code!r} unknown" if code else "pickle exhausted")
+                handler, reader = step
+                arg = None if reader is None else reader(stream)
+                pos = at
                 self.opcodes += 1
                 if self.opcodes > opcode_budget:
                     raise LimitExceeded(f"more than {self.ctx.limits.max_opcodes} opcodes")
-                if name == "STOP":
+                if handler is None:  # STOP
                     self.value = self._pop()
                     return self.value
-                handlers[name](self, arg, pos)
+                handler(self, arg, pos)
         except MalformedPickle as exc:
             exc.offset = pos if exc.offset is None else exc.offset
             raise
@@ -290,7 +319,6 @@ class PickleMachine:
             raise MalformedPickle(str(exc), pos) from None
         except IndexError:
             raise MalformedPickle("stack underflow", pos) from None
-        raise MalformedPickle("pickle ended before STOP", pos)
 
     # -- opcodes: one handler each, found through _HANDLERS by opcode name --------------
 
@@ -690,6 +718,11 @@ def _handlers() -> dict[str, Handler]:
 
 
 _HANDLERS = _handlers()
+# Opcode byte -> (handler, argument reader); STOP's handler is None (run returns there).
+_STEPS = {
+    code: (None if name == "STOP" else _HANDLERS[name], reader)
+    for code, (name, reader) in _OPCODES.items()
+}
 
 
 def describe_arguments(args: Any, limit: int = 200) -> str:

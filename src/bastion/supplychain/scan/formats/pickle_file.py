@@ -7,6 +7,7 @@ import io
 from typing import Any, BinaryIO
 
 from bastion.findings import Finding, Location
+from bastion.supplychain.scan import pickle_fast
 from bastion.supplychain.scan.context import ScanContext
 from bastion.supplychain.scan.formats.base import FormatScanner
 from bastion.supplychain.scan.pickle_machine import (
@@ -199,7 +200,11 @@ def scan_pickle_stream(
     """Read the stream as `pickle.load` does and, when it holds joblib array wrappers, as
     `joblib.load` does too (which skips raw array bytes that `pickle.load` would execute as
     opcodes). Both loaders accept the file, so findings of both readings count; only the
-    plain reading's break inside array bytes is expected and dropped."""
+    plain reading's break inside array bytes is expected and dropped.
+
+    A small pickle that the fast path proves clean skips both readings (see pickle_fast)."""
+    if max_pickles is None and _fast_path_clean(stream, ctx):
+        return []
     findings, imported = _read(stream, loc, ctx, PickleMachine, max_pickles)
     if not (joblib and _JOBLIB_WRAPPER in imported):
         return findings
@@ -207,6 +212,15 @@ def scan_pickle_stream(
     joblib_findings, _ = _read(stream, loc, ctx, JoblibAwareMachine, max_pickles)
     plain = [f for f in findings if f.rule_id != PKL_MALFORMED.rule_id]
     return list({(f.rule_id, f.title, f.location): f for f in joblib_findings + plain}.values())
+
+
+def _fast_path_clean(stream: BinaryIO, ctx: ScanContext) -> bool:
+    """Whether a small in-memory pickle is one the symbolic machine would find nothing in."""
+    if type(stream) is not io.BytesIO:
+        return False
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(0)
+    return size <= pickle_fast.MAX_BYTES and pickle_fast.is_clean(stream.getvalue(), ctx.limits)
 
 
 SCANNER = FormatScanner(

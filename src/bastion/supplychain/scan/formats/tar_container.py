@@ -338,6 +338,8 @@ _LEGACY_PARSERS: dict[str, _Parser] = {
 def _sniff(head: bytes, stream: BinaryIO) -> bool:
     """A first block that tarfile accepts: its checksum is right (the ustar magic is
     optional: old-style archives lack it and torch reads them all the same)."""
+    if len(head) < tarfile.BLOCKSIZE:  # what frombuf refuses first, without the exception
+        return False
     try:
         tarfile.TarInfo.frombuf(head[: tarfile.BLOCKSIZE], "utf-8", "replace")
     except (tarfile.HeaderError, ValueError):
