@@ -93,11 +93,12 @@ def _white_box(
     bounds = torch_attacks.Bounds(
         setup.constraints.lower, setup.constraints.upper, setup.constraints.mutable
     )
-    raw = torch_attacks.run(
-        classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
-        seed=seed, **options,
-    )
-    return _finish(name, classifier, setup, raw, None, started)
+    with torch_attacks.prepared(classifier, setup.x.ndim):
+        raw = torch_attacks.run(
+            classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
+            seed=seed, **options,
+        )
+        return _finish(name, classifier, setup, raw, None, started)
 
 
 def fgsm(
