@@ -168,16 +168,32 @@ def channels_last(module: nn.Module, images: bool) -> Iterator[None]:
     """For image batches, 4-d weights (convolution kernels) are stored channels-last for the
     duration, then the original tensors are put back. oneDNN's convolutions and max-pooling
     run several times faster in that layout, and a one-channel input cannot ask for it by
-    itself (its strides read as both layouts), so the weights have to."""
+    itself (its strides read as both layouts), so the weights have to. The gradient flowing
+    back into a channels-last output is given that layout too: one that arrives in the other
+    (from a Flatten, say) sends max-pooling's backward down a path that converts everything."""
     kernels = [p for p in module.parameters() if p.dim() == 4] if images else []
     originals = [p.data for p in kernels]
+    hooks = [m.register_forward_hook(_gradient_in_output_layout)
+             for m in module.modules() if kernels and next(m.children(), None) is None]
     for parameter in kernels:
         parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
     try:
         yield
     finally:
+        for hook in hooks:
+            hook.remove()
         for parameter, original in zip(kernels, originals, strict=True):
             parameter.data = original
+
+
+def _gradient_in_output_layout(_module: nn.Module, _inputs: object, output: object) -> None:
+    if (isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 4
+            and output.is_contiguous(memory_format=torch.channels_last)):
+        output.register_hook(_as_channels_last)
+
+
+def _as_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
 
 
 @contextmanager
@@ -210,15 +226,78 @@ class _Rows:
         return len(self.index) > 0
 
 
-def _loss_and_grad(
-    clf: TorchClassifier, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x_adv = x_adv.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = clf.logits(x_adv)
-        values = loss(logits, y, target)
-        (grad,) = torch.autograd.grad(values.sum(), x_adv)
-    return values.detach(), grad, logits.detach()
+# On a CPU a forward and backward pass runs fastest while its activations stay in the cache;
+# past that, the memory-bound layers (ReLU, pooling and their backward) slow down per row.
+CPU_PASS_BYTES = 8 * 2**20
+
+
+def _activation_bytes(clf: TorchClassifier, one_row: torch.Tensor) -> int:
+    """Bytes of every leaf module's output for one input row."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in clf.module.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            clf.logits(one_row)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Passes through the classifier, at most `rows` rows at a time: a step over many rows
+    runs as several cache-sized passes (on a GPU, one pass of the whole batch)."""
+
+    clf: TorchClassifier
+    rows: int
+
+    @classmethod
+    def build(cls, clf: TorchClassifier, one_row: torch.Tensor) -> Passes:
+        if clf.device.type != "cpu":
+            return cls(clf, clf.batch_size)
+        per_row = max(_activation_bytes(clf, one_row), 1)
+        return cls(clf, max(32, CPU_PASS_BYTES // per_row))
+
+    def _slices(self, n: int) -> list[slice]:
+        parts = -(-n // self.rows)
+        size = -(-n // parts) if parts else 1
+        return [slice(start, start + size) for start in range(0, n, size)]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits without a graph."""
+        with torch.no_grad():
+            return torch.cat([self.clf.logits(x[part]) for part in self._slices(len(x))])
+
+    def loss_and_grad(
+        self, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-row loss, its gradient with respect to the input, and the logits."""
+        parts = [
+            self._one_pass(x_adv[part], y[part], loss, None if target is None else target[part])
+            for part in self._slices(len(x_adv))
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        values, grads, logits = zip(*parts, strict=True)
+        return torch.cat(values), torch.cat(grads), torch.cat(logits)
+
+    def _one_pass(
+        self, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.clf.logits(x_adv)
+            values = loss(logits, y, target)
+            (grad,) = torch.autograd.grad(values.sum(), x_adv)
+        return values.detach(), grad, logits.detach()
 
 
 def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -229,13 +308,13 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # first misclassified iterate where there is one, else the attack's final (or best) point.
 
 
-def fgsm_batch(clf: TorchClassifier, box: Box, y: torch.Tensor) -> torch.Tensor:
-    _, grad, _ = _loss_and_grad(clf, box.x, y, cross_entropy, None)
+def fgsm_batch(model: Passes, box: Box, y: torch.Tensor) -> torch.Tensor:
+    _, grad, _ = model.loss_and_grad(box.x, y, cross_entropy, None)
     return box.project(box.x + box.eps * box.direction(grad))
 
 
 def pgd_batch(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
+    model: Passes, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
     random_start: bool, generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Madry et al.'s projected gradient ascent on the cross-entropy, one restart."""
@@ -244,7 +323,7 @@ def pgd_batch(
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     rows = _Rows(box, x=start, y=y)
     for _ in range(steps):
-        _, grad, logits = _loss_and_grad(clf, rows.x, rows.y, cross_entropy, None)
+        _, grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
         done = _fooled(logits, rows.y)
         if done.any():
             grad = grad[~done]
@@ -253,7 +332,7 @@ def pgd_batch(
         with torch.no_grad():
             rows.x = rows.box.project(rows.x + step_size * rows.box.direction(grad))
     with torch.no_grad():
-        done = _fooled(clf.logits(rows.x), rows.y)
+        done = _fooled(model.logits(rows.x), rows.y)
     result[rows.index] = rows.x
     found[rows.index[done]] = True
     return result, found
@@ -269,7 +348,7 @@ def apgd_checkpoints(steps: int) -> set[int]:
 
 
 def apgd_batch(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, loss: LossFn,
+    model: Passes, box: Box, y: torch.Tensor, *, steps: int, loss: LossFn,
     generator: torch.Generator, target: Target = None,
     rho: float = 0.75, momentum: float = 0.75,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +358,7 @@ def apgd_batch(
     the point from its best iterate."""
     checkpoints = apgd_checkpoints(steps)
     start = box.random_start(generator, on_sphere=True)
-    values, grad, logits = _loss_and_grad(clf, start, y, loss, target)
+    values, grad, logits = model.loss_and_grad(start, y, loss, target)
     result = start.clone()
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     s = _Rows(
@@ -299,7 +378,7 @@ def apgd_batch(
             weight = momentum if k > 0 else 1.0
             moved = s.x + weight * (candidate - s.x) + (1 - weight) * (s.x - s.previous)
             s.previous, s.x = s.x, s.box.project(moved)
-        s.current, s.grad, logits = _loss_and_grad(clf, s.x, s.y, loss, s.target)
+        s.current, s.grad, logits = model.loss_and_grad(s.x, s.y, loss, s.target)
         done = _fooled(logits, s.y)
         if done.any() and not s.drop(done, s.x, result, found):
             return result, found
@@ -397,7 +476,7 @@ def _fab_step(
 
 
 def fab_batch(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, target: torch.Tensor, *, steps: int,
+    model: Passes, box: Box, y: torch.Tensor, target: torch.Tensor, *, steps: int,
     from_clean: bool, generator: torch.Generator, alpha_max: float = 0.1, eta: float = 1.05,
     beta: float = 0.9,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -416,10 +495,10 @@ def fab_batch(
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     s = _Rows(box, x=start, y=y, target=target)
     for _ in range(steps):
-        margin, grad, _ = _loss_and_grad(clf, s.x, s.y, target_margin, s.target)
+        margin, grad, _ = model.loss_and_grad(s.x, s.y, target_margin, s.target)
         with torch.no_grad():
             candidate = _fab_step(s.box, s.x, margin, grad, alpha_max=alpha_max, eta=eta)
-            fooled = _fooled(clf.logits(candidate), s.y)
+            fooled = _fooled(model.logits(candidate), s.y)
             done = fooled & (_norms(candidate - s.box.x, s.box.norm) <= s.box.eps)
             if done.any():
                 if not s.drop(done, candidate, result, found):
@@ -469,10 +548,10 @@ def run(
         else torch.as_tensor(bounds.mutable, dtype=torch.float32, device=device)
     )
     out = np.array(x, dtype=np.float32, copy=True)
-    chunk = attack_batch_size(clf)
     with prepared(clf, x.ndim):
-        for start in range(0, len(x), chunk):
-            stop = start + chunk
+        model = Passes.build(clf, clf.to_tensor(x[:1]))
+        for start in range(0, len(x), clf.batch_size):
+            stop = start + clf.batch_size
             clean = clf.to_tensor(x[start:stop])
             labels = torch.as_tensor(y[start:stop], dtype=torch.long, device=device)
             wanted = (
@@ -481,7 +560,7 @@ def run(
             )
             box = Box(clean, lower, upper, mutable, eps, norm)
             adv = _attack_chunk(
-                clf, box, labels, attack=attack, generator=generator, restarts=restarts,
+                model, box, labels, attack=attack, generator=generator, restarts=restarts,
                 steps=steps, step_size=step_size, random_start=random_start,
                 loss=LOSSES[loss], target=wanted,
             )
@@ -489,25 +568,13 @@ def run(
     return out
 
 
-# On a CPU a step's activations should stay in the cache: past a few hundred rows the
-# memory-bound layers (ReLU, pooling and their backward) slow down per row.
-CPU_ATTACK_BATCH = 256
-
-
-def attack_batch_size(clf: TorchClassifier) -> int:
-    """Rows attacked together: the classifier's batch size, capped on a CPU."""
-    if clf.device.type == "cpu":
-        return min(clf.batch_size, CPU_ATTACK_BATCH)
-    return clf.batch_size
-
-
 def _attack_chunk(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, *, attack: str,
+    model: Passes, box: Box, y: torch.Tensor, *, attack: str,
     generator: torch.Generator, restarts: int, steps: int, step_size: float | None,
     random_start: bool, loss: LossFn, target: torch.Tensor | None,
 ) -> torch.Tensor:
     if attack == "fgsm":
-        return fgsm_batch(clf, box, y)
+        return fgsm_batch(model, box, y)
     result = box.x.clone()
     remaining = torch.arange(len(y), device=y.device)
     for restart in range(restarts):
@@ -516,18 +583,18 @@ def _attack_chunk(
         if attack == "fab":
             assert sub_target is not None
             adv, found = fab_batch(
-                clf, sub, y[remaining], sub_target, steps=steps, from_clean=restart == 0,
+                model, sub, y[remaining], sub_target, steps=steps, from_clean=restart == 0,
                 generator=generator,
             )
         elif attack == "pgd":
             adv, found = pgd_batch(
-                clf, sub, y[remaining], steps=steps,
+                model, sub, y[remaining], steps=steps,
                 step_size=step_size or 2.5 * box.eps / steps,
                 random_start=random_start, generator=generator,
             )
         else:
             adv, found = apgd_batch(
-                clf, sub, y[remaining], steps=steps, loss=loss, generator=generator,
+                model, sub, y[remaining], steps=steps, loss=loss, generator=generator,
                 target=sub_target,
             )
         result[remaining] = adv
