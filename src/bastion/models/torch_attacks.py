@@ -49,11 +49,11 @@ class Box:
             self.ceiling = torch.minimum(self.x + self.eps, self.upper)
 
     def subset(self, keep: torch.Tensor) -> Box:
-        """The box of the rows in `keep`."""
+        """The box of the rows numbered in `keep`."""
         return Box(
-            self.x[keep], self.lower, self.upper, self.mutable, self.eps, self.norm,
-            None if self.floor is None else self.floor[keep],
-            None if self.ceiling is None else self.ceiling[keep],
+            self.x.index_select(0, keep), self.lower, self.upper, self.mutable, self.eps,
+            self.norm, None if self.floor is None else self.floor.index_select(0, keep),
+            None if self.ceiling is None else self.ceiling.index_select(0, keep),
         )
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor:
@@ -216,12 +216,14 @@ class _Rows:
     def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
              found: torch.Tensor) -> bool:
         """Record the done rows' `x_adv` in `result`, drop them; False once none remain."""
-        result[self.index[done]] = x_adv[done].detach()
-        found[self.index[done]] = True
-        keep = ~done
+        # row numbers, found once, rather than a mask that every tensor would search again
+        finished, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+        rows = self.index.index_select(0, finished)
+        result.index_copy_(0, rows, x_adv.detach().index_select(0, finished))
+        found[rows] = True
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
-                setattr(self, name, value[keep])
+                setattr(self, name, value.index_select(0, keep))
         self.box = self.box.subset(keep)
         return len(self.index) > 0
 
