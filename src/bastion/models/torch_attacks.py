@@ -13,6 +13,7 @@ Steps project in float32 on the device; the caller applies the exact projection
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -233,6 +234,12 @@ class _Rows:
 CPU_PASS_BYTES = 8 * 2**20
 
 
+# activation bytes per row, by module and input shape: probed once, forgotten with the module
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _activation_bytes(clf: TorchClassifier, one_row: torch.Tensor) -> int:
     """Bytes of every leaf module's output for one input row."""
     total = 0
@@ -265,8 +272,11 @@ class Passes:
     def build(cls, clf: TorchClassifier, one_row: torch.Tensor) -> Passes:
         if clf.device.type != "cpu":
             return cls(clf, clf.batch_size)
-        per_row = max(_activation_bytes(clf, one_row), 1)
-        return cls(clf, max(32, CPU_PASS_BYTES // per_row))
+        probed = _PROBED.setdefault(clf.module, {})
+        shape = tuple(one_row.shape)
+        if shape not in probed:
+            probed[shape] = max(_activation_bytes(clf, one_row), 1)
+        return cls(clf, max(32, CPU_PASS_BYTES // probed[shape]))
 
     def _slices(self, n: int) -> list[slice]:
         parts = -(-n // self.rows)
@@ -325,14 +335,12 @@ def pgd_batch(
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     rows = _Rows(box, x=start, y=y)
     for _ in range(steps):
-        _, grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
+        _, rows.grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
         done = _fooled(logits, rows.y)
-        if done.any():
-            grad = grad[~done]
-            if not rows.drop(done, rows.x, result, found):
-                return result, found
+        if done.any() and not rows.drop(done, rows.x, result, found):
+            return result, found
         with torch.no_grad():
-            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(grad))
+            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(rows.grad))
     with torch.no_grad():
         done = _fooled(model.logits(rows.x), rows.y)
     result[rows.index] = rows.x
@@ -499,15 +507,13 @@ def fab_batch(
     for _ in range(steps):
         margin, grad, _ = model.loss_and_grad(s.x, s.y, target_margin, s.target)
         with torch.no_grad():
-            candidate = _fab_step(s.box, s.x, margin, grad, alpha_max=alpha_max, eta=eta)
-            fooled = _fooled(model.logits(candidate), s.y)
-            done = fooled & (_norms(candidate - s.box.x, s.box.norm) <= s.box.eps)
-            if done.any():
-                if not s.drop(done, candidate, result, found):
-                    return result, found
-                candidate, fooled = candidate[~done], fooled[~done]
-            pulled_back = s.box.x + beta * (candidate - s.box.x)
-            s.x = torch.where(_per_row(fooled, candidate), pulled_back, candidate)
+            s.candidate = _fab_step(s.box, s.x, margin, grad, alpha_max=alpha_max, eta=eta)
+            s.fooled = _fooled(model.logits(s.candidate), s.y)
+            done = s.fooled & (_norms(s.candidate - s.box.x, s.box.norm) <= s.box.eps)
+            if done.any() and not s.drop(done, s.candidate, result, found):
+                return result, found
+            pulled_back = s.box.x + beta * (s.candidate - s.box.x)
+            s.x = torch.where(_per_row(s.fooled, s.candidate), pulled_back, s.candidate)
     return result, found
 
 
