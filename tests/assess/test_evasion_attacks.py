@@ -62,6 +62,21 @@ def test_attack_on_torch_cnn_images(name, torch_cnn, digits) -> None:
     assert accuracy(torch_cnn, result.x_adv, y) < accuracy(torch_cnn, x, y) - 0.2
 
 
+def test_gradient_attacks_leave_the_module_as_they_found_it(torch_cnn, digits) -> None:
+    """The attack freezes the parameters and stores kernels channels-last only while it runs."""
+    module = torch_cnn.module
+    before = {name: (p.stride(), p.requires_grad, p.detach().clone())
+              for name, p in module.named_parameters()}
+    x, y = digits[0][:20].reshape(-1, 1, 8, 8), digits[1][:20]
+    evasion.fab_targeted(torch_cnn, x, y, eps=0.1, steps=3, n_targets=1)
+    evasion.pgd(torch_cnn, x, y, eps=0.1, steps=3)
+    for name, parameter in module.named_parameters():
+        stride, requires_grad, values = before[name]
+        assert parameter.stride() == stride and parameter.requires_grad == requires_grad
+        assert torch.equal(parameter.detach(), values)
+    assert not any(m._forward_hooks for m in module.modules())
+
+
 def test_black_box_attacks_on_scikit_learn_count_queries(sklearn_digits, digits) -> None:
     x, y = digits[0][:40], digits[1][:40]
     for name, budget in (("square", 100), ("hopskipjump", 200)):

@@ -164,6 +164,12 @@ def input_gradients_only(module: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
+def hookable(module: nn.Module) -> bool:
+    """False for TorchScript, which takes no forward hooks (its modules keep their layout and
+    its passes their batch size)."""
+    return not any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+
+
 @contextmanager
 def channels_last(module: nn.Module, images: bool) -> Iterator[None]:
     """For image batches, 4-d weights (convolution kernels) are stored channels-last for the
@@ -172,7 +178,8 @@ def channels_last(module: nn.Module, images: bool) -> Iterator[None]:
     itself (its strides read as both layouts), so the weights have to. The gradient flowing
     back into a channels-last output is given that layout too: one that arrives in the other
     (from a Flatten, say) sends max-pooling's backward down a path that converts everything."""
-    kernels = [p for p in module.parameters() if p.dim() == 4] if images else []
+    convert = images and hookable(module)
+    kernels = [p for p in module.parameters() if p.dim() == 4] if convert else []
     originals = [p.data for p in kernels]
     hooks = [m.register_forward_hook(_gradient_in_output_layout)
              for m in module.modules() if kernels and next(m.children(), None) is None]
@@ -270,7 +277,7 @@ class Passes:
 
     @classmethod
     def build(cls, clf: TorchClassifier, one_row: torch.Tensor) -> Passes:
-        if clf.device.type != "cpu":
+        if clf.device.type != "cpu" or not hookable(clf.module):
             return cls(clf, clf.batch_size)
         probed = _PROBED.setdefault(clf.module, {})
         shape = tuple(one_row.shape)
