@@ -94,8 +94,8 @@ class Data(_Section):
 
 
 # `bastion.assess.evasion.ATTACKS`, and `auto`: the strongest sequence the model allows.
-EvasionAttack = Literal["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "hopskipjump",
-                        "auto"]
+EvasionAttack = Literal["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square",
+                        "hopskipjump", "auto"]
 
 
 class Evasion(_Section):

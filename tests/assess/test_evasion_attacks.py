@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bastion.assess import evasion
 from bastion.assess.evasion import Constraints, perturbation_norms, project
 from bastion.errors import InputError, UsageError
 from bastion.models.classifier import accuracy
-from bastion.models.torch_attacks import apgd_checkpoints
+from bastion.models.torch_attacks import apgd_checkpoints, hyperplane_step
 
 FAST = {
     "fgsm": {},
@@ -18,6 +19,7 @@ FAST = {
     "apgd-ce": {"steps": 10},
     "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 10, "n_targets": 2},
+    "fab-t": {"steps": 10, "n_targets": 2, "restarts": 2},
     "square": {"max_queries": 100},
     "hopskipjump": {"max_queries": 300},
 }
@@ -51,13 +53,28 @@ def test_attack_on_torch_mlp_lowers_accuracy_inside_ball_and_reproducibly(
     np.testing.assert_array_equal(result.x_adv, again.x_adv)
 
 
-@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "square"])
+@pytest.mark.parametrize("name", ["pgd", "apgd-ce", "fab-t", "square"])
 def test_attack_on_torch_cnn_images(name, torch_cnn, digits) -> None:
     x, y = digits[0][:40].reshape(-1, 1, 8, 8), digits[1][:40]
     extra = {"max_queries": 300} if name == "square" else {}
     result = _run(name, torch_cnn, x, y, "inf", **extra)
     _assert_inside(x, result, 0.1, "inf")
     assert accuracy(torch_cnn, result.x_adv, y) < accuracy(torch_cnn, x, y) - 0.2
+
+
+def test_gradient_attacks_leave_the_module_as_they_found_it(torch_cnn, digits) -> None:
+    """The attack freezes the parameters and stores kernels channels-last only while it runs."""
+    module = torch_cnn.module
+    before = {name: (p.stride(), p.requires_grad, p.detach().clone())
+              for name, p in module.named_parameters()}
+    x, y = digits[0][:20].reshape(-1, 1, 8, 8), digits[1][:20]
+    evasion.fab_targeted(torch_cnn, x, y, eps=0.1, steps=3, n_targets=1)
+    evasion.pgd(torch_cnn, x, y, eps=0.1, steps=3)
+    for name, parameter in module.named_parameters():
+        stride, requires_grad, values = before[name]
+        assert parameter.stride() == stride and parameter.requires_grad == requires_grad
+        assert torch.equal(parameter.detach(), values)
+    assert not any(m._forward_hooks for m in module.modules())
 
 
 def test_black_box_attacks_on_scikit_learn_count_queries(sklearn_digits, digits) -> None:
@@ -96,13 +113,79 @@ def test_tabular_ranges_and_immutable_features_hold(cancer) -> None:
     assert perturbation_norms(inside, result.x_adv, "inf").max() <= 0.2
 
 
-def test_immutable_features_hold_for_gradient_attacks(torch_mlp, digits) -> None:
+@pytest.mark.parametrize("name", ["pgd", "fab-t"])
+def test_immutable_features_hold_for_gradient_attacks(name, torch_mlp, digits) -> None:
     x, y = digits[0][:40], digits[1][:40]
     frozen = list(range(0, 64, 2))
     constraints = Constraints.build((64,), (0.0, 1.0), immutable=frozen)
-    result = evasion.pgd(torch_mlp, x, y, eps=0.2, steps=10, constraints=constraints)
+    function, _ = evasion.ATTACKS[name]
+    result = function(torch_mlp, x, y, eps=0.2, steps=10, constraints=constraints)
     np.testing.assert_array_equal(result.x_adv[:, frozen], x[:, frozen])
     assert result.success.any()
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_fab_respects_per_feature_ranges_and_immutable_features(norm, torch_mlp, digits):
+    x, y = digits[0][:40].copy(), digits[1][:40]
+    x[:, 10] = np.clip(x[:, 10], 0.25, 0.625)  # bounds exact in float32
+    x[:, 20] = np.clip(x[:, 20], 0.0, 0.375)
+    constraints = Constraints.build(
+        (64,), (0.0, 1.0), feature_ranges={10: (0.25, 0.625), 20: (0.0, 0.375)},
+        immutable=[5, 6],
+    )
+    eps = EPS[norm] * 2
+    result = evasion.fab_targeted(torch_mlp, x, y, eps=eps, norm=norm, steps=10, n_targets=3,
+                                  constraints=constraints, seed=0)
+    assert result.success.mean() > 0.3
+    np.testing.assert_array_equal(result.x_adv[:, [5, 6]], x[:, [5, 6]])
+    assert result.x_adv[:, 10].min() >= 0.25 and result.x_adv[:, 10].max() <= 0.625
+    assert result.x_adv[:, 20].max() <= 0.375
+    _assert_inside(x, result, eps, norm)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_fab_projection_is_the_least_norm_step_onto_the_hyperplane_in_the_box(norm) -> None:
+    """Checked against scipy's solvers: a linear program for Linf, a quadratic one for L2."""
+    from scipy.optimize import linprog, minimize
+
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 6, generator=generator, dtype=torch.float64)
+    w[:, 0] = 0.0  # a feature the boundary does not depend on must not move
+    x = torch.rand(12, 6, generator=generator, dtype=torch.float64)
+    need = 0.3 * torch.randn(12, generator=generator, dtype=torch.float64)
+    step = hyperplane_step(w, need, 1 - x, x, norm)
+    assert ((step <= 1 - x + 1e-12) & (step >= -x - 1e-12)).all()
+    assert (step[:, 0] == 0).all()
+    for row in range(12):
+        wi, lo, hi, b = w[row].numpy(), -x[row].numpy(), (1 - x[row]).numpy(), float(need[row])
+        if norm == "inf":  # minimise t with -t <= d <= t, w.d = b, d in the box
+            eye = np.eye(6)
+            solved = linprog(
+                np.r_[np.zeros(6), 1.0],
+                A_ub=np.block([[eye, -np.ones((6, 1))], [-eye, -np.ones((6, 1))]]),
+                b_ub=np.zeros(12), A_eq=np.r_[wi, 0.0][None], b_eq=[b],
+                bounds=[*zip(lo, hi, strict=True), (0, None)],
+            )
+            best = solved.fun
+        else:
+            feasible = np.clip(b * wi / (wi @ wi), lo, hi)  # a start near the plane
+            solved = minimize(
+                lambda d: d @ d, feasible, jac=lambda d: 2 * d, method="SLSQP",
+                bounds=list(zip(lo, hi, strict=True)), options={"ftol": 1e-14},
+                constraints=[{"type": "eq", "fun": lambda d, wi=wi, b=b: wi @ d - b}],
+            )
+            best = float(np.sqrt(solved.fun))
+        assert solved.success
+        assert float(w[row] @ step[row]) == pytest.approx(b, abs=1e-9)
+        ours = float(step[row].abs().max() if norm == "inf" else step[row].norm())
+        assert ours == pytest.approx(best, abs=1e-6)
+
+
+def test_fab_projection_saturates_the_box_when_the_hyperplane_is_out_of_reach() -> None:
+    w = torch.tensor([[1.0, -2.0, 0.0]])
+    x = torch.tensor([[0.5, 0.5, 0.5]])
+    step = hyperplane_step(w, torch.tensor([10.0]), 1 - x, x, "2")
+    torch.testing.assert_close(step, torch.tensor([[0.5, -0.5, 0.0]]))
 
 
 def test_projection_is_exact_for_awkward_floats() -> None:

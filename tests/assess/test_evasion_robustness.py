@@ -42,7 +42,7 @@ def test_curve_falls_with_eps_and_sequence_only_attacks_survivors(torch_mlp, hel
     assert accuracies[-1] < result.clean_accuracy - 0.3
     for point in result.curve:
         stages = point.stages
-        assert [s.attack for s in stages] == ["apgd-ce", "apgd-t", "square"]
+        assert [s.attack for s in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
         before = round(result.clean_accuracy * len(x))
         assert before - sum(s.fooled for s in stages) == round(point.robust_accuracy * len(x))
         assert stages[-1].robust_accuracy == point.robust_accuracy

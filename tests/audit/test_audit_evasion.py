@@ -145,8 +145,8 @@ def test_white_box_attack_on_a_gradient_free_model_is_a_one_line_error(
         ("eps = [0.5, -1]\n", "threat_model.evasion.eps: every epsilon must be a positive "
          "number (got -1.0)"),
         ('eps = 1\nattacks = ["deepfool"]\n', "threat_model.evasion.attacks[0]: Input should be "
-         "'fgsm', 'pgd', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'square', 'hopskipjump' or 'auto' "
-         "(got 'deepfool')"),
+         "'fgsm', 'pgd', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square', 'hopskipjump' "
+         "or 'auto' (got 'deepfool')"),
         ('eps = 1\nnorm = "l1"\n', "threat_model.evasion.norm: Input should be 'linf' or 'l2'"),
         ("eps = [1, 2]\ndeclared_eps = 3\n", "threat_model.evasion: declared_eps 3.0 must be "
          "one of eps [1.0, 2.0]"),
@@ -202,7 +202,7 @@ def test_torch_factory_model_gets_the_white_box_sequence(tmp_path: Path) -> None
     result, outcome = _audit(config, tmp_path / "out")
     assert outcome.status == "ran", outcome.error
     metrics = outcome.result.metrics
-    assert metrics["attacks"] == ["apgd-ce", "apgd-t", "square"]
+    assert metrics["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert metrics["robust_accuracy"]["0.3"] < metrics["robust_accuracy"]["0.03"]
     assert metrics["unbounded_check"]["robust_accuracy"] == 0.0
     assert {f.rule_id for f in result.findings} == {"BST-EVA-001"}  # no masking warning

@@ -69,7 +69,8 @@ def test_torchscript_model_json_plot_and_ledger(files, tmp_path) -> None:
     assert result.exit_code == 1, result.output  # robust accuracy at 0.15 is below the floor
     report = json.loads(result.stdout)
     metrics = report["metrics"]
-    assert metrics["attacks"] == ["apgd-ce", "apgd-t", "square"] and metrics["points"] == 30
+    assert metrics["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert metrics["points"] == 30
     curve = metrics["robust_accuracy"]
     assert curve["0.15"] < curve["0.03"] <= metrics["clean_accuracy"]
     finding = report["findings"][0]

@@ -117,8 +117,8 @@ def evasion_command(
         "--declared-eps", help="The epsilon the model must withstand (default: smallest).")] = None,
     norm: Annotated[str, typer.Option("--norm", help="inf or 2.")] = "inf",
     attacks: Annotated[str, typer.Option(
-        "--attacks", help="auto, or names: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square, "
-        "hopskipjump.")] = "auto",
+        "--attacks", help="auto, or names: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, fab-t, "
+        "square, hopskipjump.")] = "auto",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Iterations of the gradient "
                                        "attacks.")] = 50,
     budget: Annotated[int, typer.Option("--budget", min=1, help="Queries per point for the "

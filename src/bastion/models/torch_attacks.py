@@ -13,6 +13,7 @@ Steps project in float32 on the device; the caller applies the exact projection
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,11 +50,11 @@ class Box:
             self.ceiling = torch.minimum(self.x + self.eps, self.upper)
 
     def subset(self, keep: torch.Tensor) -> Box:
-        """The box of the rows in `keep`."""
+        """The box of the rows numbered in `keep`."""
         return Box(
-            self.x[keep], self.lower, self.upper, self.mutable, self.eps, self.norm,
-            None if self.floor is None else self.floor[keep],
-            None if self.ceiling is None else self.ceiling[keep],
+            self.x.index_select(0, keep), self.lower, self.upper, self.mutable, self.eps,
+            self.norm, None if self.floor is None else self.floor.index_select(0, keep),
+            None if self.ceiling is None else self.ceiling.index_select(0, keep),
         )
 
     def project(self, x_adv: torch.Tensor) -> torch.Tensor:
@@ -141,6 +142,12 @@ def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: Target) -> torch
     return -(true - wanted) / (spread + 1e-12)
 
 
+def target_margin(logits: torch.Tensor, y: torch.Tensor, target: Target) -> torch.Tensor:
+    """Target logit minus true logit: FAB-T's decision boundary is where this is zero."""
+    assert target is not None
+    return (logits.gather(1, target[:, None]) - logits.gather(1, y[:, None])).squeeze(1)
+
+
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "dlr": dlr, "dlr-targeted": targeted_dlr}
 
 
@@ -157,6 +164,54 @@ def input_gradients_only(module: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
+def hookable(module: nn.Module) -> bool:
+    """False for TorchScript, which takes no forward hooks (its modules keep their layout and
+    its passes their batch size)."""
+    return not any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+
+
+@contextmanager
+def channels_last(module: nn.Module, images: bool) -> Iterator[None]:
+    """For image batches, 4-d weights (convolution kernels) are stored channels-last for the
+    duration, then the original tensors are put back. oneDNN's convolutions and max-pooling
+    run several times faster in that layout, and a one-channel input cannot ask for it by
+    itself (its strides read as both layouts), so the weights have to. The gradient flowing
+    back into a channels-last output is given that layout too: one that arrives in the other
+    (from a Flatten, say) sends max-pooling's backward down a path that converts everything."""
+    convert = images and hookable(module)
+    kernels = [p for p in module.parameters() if p.dim() == 4] if convert else []
+    originals = [p.data for p in kernels]
+    hooks = [m.register_forward_hook(_gradient_in_output_layout)
+             for m in module.modules() if kernels and next(m.children(), None) is None]
+    for parameter in kernels:
+        parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for parameter, original in zip(kernels, originals, strict=True):
+            parameter.data = original
+
+
+def _gradient_in_output_layout(_module: nn.Module, _inputs: object, output: object) -> None:
+    if (isinstance(output, torch.Tensor) and output.requires_grad and output.dim() == 4
+            and output.is_contiguous(memory_format=torch.channels_last)):
+        output.register_hook(_as_channels_last)
+
+
+def _as_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+@contextmanager
+def prepared(clf: TorchClassifier, input_dims: int) -> Iterator[None]:
+    """The module set up for attacking inputs of `input_dims` dimensions (batch included):
+    input gradients only, image kernels channels-last. Nests safely."""
+    with input_gradients_only(clf.module), channels_last(clf.module, input_dims == 4):
+        yield
+
+
 class _Rows:
     """Per-point attack state. A point the model already misclassifies is done: its iterate
     is recorded and its row dropped, so later steps only pay for points still standing."""
@@ -169,25 +224,99 @@ class _Rows:
     def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
              found: torch.Tensor) -> bool:
         """Record the done rows' `x_adv` in `result`, drop them; False once none remain."""
-        result[self.index[done]] = x_adv[done].detach()
-        found[self.index[done]] = True
-        keep = ~done
+        # row numbers, found once, rather than a mask that every tensor would search again
+        finished, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+        rows = self.index.index_select(0, finished)
+        result.index_copy_(0, rows, x_adv.detach().index_select(0, finished))
+        found[rows] = True
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
-                setattr(self, name, value[keep])
+                setattr(self, name, value.index_select(0, keep))
         self.box = self.box.subset(keep)
         return len(self.index) > 0
 
 
-def _loss_and_grad(
-    clf: TorchClassifier, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x_adv = x_adv.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = clf.logits(x_adv)
-        values = loss(logits, y, target)
-        (grad,) = torch.autograd.grad(values.sum(), x_adv)
-    return values.detach(), grad, logits.detach()
+# On a CPU a forward and backward pass runs fastest while its activations stay in the cache;
+# past that, the memory-bound layers (ReLU, pooling and their backward) slow down per row.
+CPU_PASS_BYTES = 8 * 2**20
+
+
+# activation bytes per row, by module and input shape: probed once, forgotten with the module
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _activation_bytes(clf: TorchClassifier, one_row: torch.Tensor) -> int:
+    """Bytes of every leaf module's output for one input row."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in clf.module.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            clf.logits(one_row)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Passes through the classifier, at most `rows` rows at a time: a step over many rows
+    runs as several cache-sized passes (on a GPU, one pass of the whole batch)."""
+
+    clf: TorchClassifier
+    rows: int
+
+    @classmethod
+    def build(cls, clf: TorchClassifier, one_row: torch.Tensor) -> Passes:
+        if clf.device.type != "cpu" or not hookable(clf.module):
+            return cls(clf, clf.batch_size)
+        probed = _PROBED.setdefault(clf.module, {})
+        shape = tuple(one_row.shape)
+        if shape not in probed:
+            probed[shape] = max(_activation_bytes(clf, one_row), 1)
+        return cls(clf, max(32, CPU_PASS_BYTES // probed[shape]))
+
+    def _slices(self, n: int) -> list[slice]:
+        parts = -(-n // self.rows)
+        size = -(-n // parts) if parts else 1
+        return [slice(start, start + size) for start in range(0, n, size)]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits without a graph."""
+        with torch.no_grad():
+            return torch.cat([self.clf.logits(x[part]) for part in self._slices(len(x))])
+
+    def loss_and_grad(
+        self, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-row loss, its gradient with respect to the input, and the logits."""
+        parts = [
+            self._one_pass(x_adv[part], y[part], loss, None if target is None else target[part])
+            for part in self._slices(len(x_adv))
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        values, grads, logits = zip(*parts, strict=True)
+        return torch.cat(values), torch.cat(grads), torch.cat(logits)
+
+    def _one_pass(
+        self, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.clf.logits(x_adv)
+            values = loss(logits, y, target)
+            (grad,) = torch.autograd.grad(values.sum(), x_adv)
+        return values.detach(), grad, logits.detach()
 
 
 def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -198,13 +327,13 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # first misclassified iterate where there is one, else the attack's final (or best) point.
 
 
-def fgsm_batch(clf: TorchClassifier, box: Box, y: torch.Tensor) -> torch.Tensor:
-    _, grad, _ = _loss_and_grad(clf, box.x, y, cross_entropy, None)
+def fgsm_batch(model: Passes, box: Box, y: torch.Tensor) -> torch.Tensor:
+    _, grad, _ = model.loss_and_grad(box.x, y, cross_entropy, None)
     return box.project(box.x + box.eps * box.direction(grad))
 
 
 def pgd_batch(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
+    model: Passes, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
     random_start: bool, generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Madry et al.'s projected gradient ascent on the cross-entropy, one restart."""
@@ -213,16 +342,14 @@ def pgd_batch(
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     rows = _Rows(box, x=start, y=y)
     for _ in range(steps):
-        _, grad, logits = _loss_and_grad(clf, rows.x, rows.y, cross_entropy, None)
+        _, rows.grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
         done = _fooled(logits, rows.y)
-        if done.any():
-            grad = grad[~done]
-            if not rows.drop(done, rows.x, result, found):
-                return result, found
+        if done.any() and not rows.drop(done, rows.x, result, found):
+            return result, found
         with torch.no_grad():
-            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(grad))
+            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(rows.grad))
     with torch.no_grad():
-        done = _fooled(clf.logits(rows.x), rows.y)
+        done = _fooled(model.logits(rows.x), rows.y)
     result[rows.index] = rows.x
     found[rows.index[done]] = True
     return result, found
@@ -238,7 +365,7 @@ def apgd_checkpoints(steps: int) -> set[int]:
 
 
 def apgd_batch(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, *, steps: int, loss: LossFn,
+    model: Passes, box: Box, y: torch.Tensor, *, steps: int, loss: LossFn,
     generator: torch.Generator, target: Target = None,
     rho: float = 0.75, momentum: float = 0.75,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +375,7 @@ def apgd_batch(
     the point from its best iterate."""
     checkpoints = apgd_checkpoints(steps)
     start = box.random_start(generator, on_sphere=True)
-    values, grad, logits = _loss_and_grad(clf, start, y, loss, target)
+    values, grad, logits = model.loss_and_grad(start, y, loss, target)
     result = start.clone()
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     s = _Rows(
@@ -268,7 +395,7 @@ def apgd_batch(
             weight = momentum if k > 0 else 1.0
             moved = s.x + weight * (candidate - s.x) + (1 - weight) * (s.x - s.previous)
             s.previous, s.x = s.x, s.box.project(moved)
-        s.current, s.grad, logits = _loss_and_grad(clf, s.x, s.y, loss, s.target)
+        s.current, s.grad, logits = model.loss_and_grad(s.x, s.y, loss, s.target)
         done = _fooled(logits, s.y)
         if done.any() and not s.drop(done, s.x, result, found):
             return result, found
@@ -290,6 +417,112 @@ def apgd_batch(
                 last_check = k + 1
     result[s.index] = s.best_x
     return result, found
+
+def hyperplane_step(
+    w: torch.Tensor, need: torch.Tensor, up: torch.Tensor, down: torch.Tensor, norm: str,
+) -> torch.Tensor:
+    """Row by row (flat rows), the step d of least Linf or L2 norm with w.d = need and
+    -down <= d <= up: the projection onto a hyperplane within a box that FAB makes at every
+    iteration. Where the box does not reach the hyperplane, every coordinate goes to its bound.
+
+    The optimum moves coordinate i by min(tau * speed_i, room_i) toward the side that raises
+    w.d, for one scalar tau (speed 1 for Linf, |w_i| for L2). w.d is then piecewise linear
+    and increasing in tau with a kink where a coordinate reaches its bound, so sorting those
+    kinks finds tau exactly."""
+    toward = torch.sign(w) * torch.sign(need)[:, None]
+    moving = toward != 0
+    size = torch.where(moving, w.abs(), 0.0)
+    room = torch.where(moving, torch.where(toward > 0, up, down), 0.0)
+    speed = moving.float() if norm == "inf" else size
+    inf = torch.tensor(math.inf, device=w.device)
+    saturates_at = torch.where(speed > 0, room / speed.clamp_min(1e-30), inf)
+    kinks, order = saturates_at.sort(dim=1)
+    gain = torch.where(speed > 0, size * room, 0.0).gather(1, order)  # w.d once saturated
+    rate = (size * speed).gather(1, order)  # d(w.d)/d(tau) while not saturated
+    gained = gain.cumsum(1)
+    rest = (rate.sum(1, keepdim=True) - rate.cumsum(1)).clamp_min(0)
+    reach = gained + torch.where(rest > 0, kinks * rest, 0.0)  # w.d at tau = each kink
+    target = need.abs()
+    first = (reach < target[:, None]).sum(1)  # the segment where w.d reaches the target
+    cols = w.shape[1]
+    before = (first - 1).clamp_min(0)[:, None]
+    started = first > 0
+    gained_before = torch.where(started, gained.gather(1, before).squeeze(1), 0.0)
+    rate_after = torch.where(started, rest.gather(1, before).squeeze(1), rate.sum(1))
+    low = torch.where(started, kinks.gather(1, before).squeeze(1), 0.0)
+    high = kinks.gather(1, first.clamp_max(cols - 1)[:, None]).squeeze(1)
+    tau = (target - gained_before) / rate_after.clamp_min(1e-30)
+    tau = torch.maximum(torch.minimum(tau, high), low)
+    tau = torch.where(first >= cols, inf, tau)
+    moved = torch.where(speed > 0, torch.minimum(tau[:, None] * speed, room), 0.0)
+    return toward * moved
+
+
+def _norms(t: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = t.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "inf" else flat.norm(dim=1)
+
+
+def _fab_step(
+    box: Box, x: torch.Tensor, margin: torch.Tensor, grad: torch.Tensor, *,
+    alpha_max: float, eta: float,
+) -> torch.Tensor:
+    """One FAB iteration: linearise the boundary at x, project both x and the clean point
+    onto it within the box, and move to a mix of the two projections, overshooting by eta.
+    The clean point's weight alpha grows with how far x's own projection is, capped at
+    alpha_max: that bias toward the clean point is what keeps the perturbation small."""
+    if box.mutable is not None:
+        grad = grad * box.mutable
+    n, clean = len(x), box.x
+    w = grad.flatten(1)
+    need_here = -margin
+    need_clean = -(margin + (w * (clean - x).flatten(1)).sum(1))
+    steps = hyperplane_step(
+        torch.cat([w, w]), torch.cat([need_here, need_clean]),
+        torch.cat([(box.upper - x).flatten(1), (box.upper - clean).flatten(1)]),
+        torch.cat([(x - box.lower).flatten(1), (clean - box.lower).flatten(1)]),
+        box.norm,
+    ).view(2 * n, *x.shape[1:])
+    here, from_clean = steps[:n], steps[n:]
+    far = _norms(here, box.norm)
+    alpha = torch.clamp(far / (far + _norms(from_clean, box.norm)).clamp_min(1e-12),
+                        max=alpha_max)
+    alpha = _per_row(alpha, x)
+    moved = (1 - alpha) * (x + eta * here) + alpha * (clean + eta * from_clean)
+    return torch.maximum(torch.minimum(moved, box.upper), box.lower)
+
+
+def fab_batch(
+    model: Passes, box: Box, y: torch.Tensor, target: torch.Tensor, *, steps: int,
+    from_clean: bool, generator: torch.Generator, alpha_max: float = 0.1, eta: float = 1.05,
+    beta: float = 0.9,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targeted Fast Adaptive Boundary attack (Croce & Hein 2020), one restart, toward the
+    boundary between the true and the `target` class. An iterate that is misclassified is
+    pulled back toward the clean point (x0 + beta (x - x0)). FAB minimises the perturbation;
+    here a point is done once it has an adversarial input inside the eps-ball, the only thing
+    a robustness evaluation asks of it. Starts at the clean point, or (later restarts) at a
+    random point of the ball of half the radius."""
+    if from_clean:
+        start = box.x.clone()
+    else:
+        half = Box(box.x, box.lower, box.upper, box.mutable, box.eps / 2, box.norm)
+        start = half.random_start(generator)
+    result = box.x.clone()
+    found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    s = _Rows(box, x=start, y=y, target=target)
+    for _ in range(steps):
+        margin, grad, _ = model.loss_and_grad(s.x, s.y, target_margin, s.target)
+        with torch.no_grad():
+            s.candidate = _fab_step(s.box, s.x, margin, grad, alpha_max=alpha_max, eta=eta)
+            s.fooled = _fooled(model.logits(s.candidate), s.y)
+            done = s.fooled & (_norms(s.candidate - s.box.x, s.box.norm) <= s.box.eps)
+            if done.any() and not s.drop(done, s.candidate, result, found):
+                return result, found
+            pulled_back = s.box.x + beta * (s.candidate - s.box.x)
+            s.x = torch.where(_per_row(s.fooled, s.candidate), pulled_back, s.candidate)
+    return result, found
+
 
 # Numpy in, numpy out: chunked by the classifier's batch size, restarts only on the points
 # that are still classified correctly.
@@ -319,7 +552,8 @@ def run(
     loss: str = "ce",
     targets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Run `attack` (fgsm, pgd or apgd) on numpy inputs; returns the adversarial inputs."""
+    """Run `attack` (fgsm, pgd, apgd or fab) on numpy inputs; returns the adversarial
+    inputs."""
     device = clf.device
     generator = torch.Generator(device=device).manual_seed(int(seed))
     lower = torch.as_tensor(bounds.lower, dtype=torch.float32, device=device)
@@ -329,7 +563,8 @@ def run(
         else torch.as_tensor(bounds.mutable, dtype=torch.float32, device=device)
     )
     out = np.array(x, dtype=np.float32, copy=True)
-    with input_gradients_only(clf.module):
+    with prepared(clf, x.ndim):
+        model = Passes.build(clf, clf.to_tensor(x[:1]))
         for start in range(0, len(x), clf.batch_size):
             stop = start + clf.batch_size
             clean = clf.to_tensor(x[start:stop])
@@ -340,7 +575,7 @@ def run(
             )
             box = Box(clean, lower, upper, mutable, eps, norm)
             adv = _attack_chunk(
-                clf, box, labels, attack=attack, generator=generator, restarts=restarts,
+                model, box, labels, attack=attack, generator=generator, restarts=restarts,
                 steps=steps, step_size=step_size, random_start=random_start,
                 loss=LOSSES[loss], target=wanted,
             )
@@ -349,26 +584,32 @@ def run(
 
 
 def _attack_chunk(
-    clf: TorchClassifier, box: Box, y: torch.Tensor, *, attack: str,
+    model: Passes, box: Box, y: torch.Tensor, *, attack: str,
     generator: torch.Generator, restarts: int, steps: int, step_size: float | None,
     random_start: bool, loss: LossFn, target: torch.Tensor | None,
 ) -> torch.Tensor:
     if attack == "fgsm":
-        return fgsm_batch(clf, box, y)
+        return fgsm_batch(model, box, y)
     result = box.x.clone()
     remaining = torch.arange(len(y), device=y.device)
-    for _ in range(restarts):
+    for restart in range(restarts):
         sub = box.subset(remaining)
         sub_target = None if target is None else target[remaining]
-        if attack == "pgd":
+        if attack == "fab":
+            assert sub_target is not None
+            adv, found = fab_batch(
+                model, sub, y[remaining], sub_target, steps=steps, from_clean=restart == 0,
+                generator=generator,
+            )
+        elif attack == "pgd":
             adv, found = pgd_batch(
-                clf, sub, y[remaining], steps=steps,
+                model, sub, y[remaining], steps=steps,
                 step_size=step_size or 2.5 * box.eps / steps,
                 random_start=random_start, generator=generator,
             )
         else:
             adv, found = apgd_batch(
-                clf, sub, y[remaining], steps=steps, loss=loss, generator=generator,
+                model, sub, y[remaining], steps=steps, loss=loss, generator=generator,
                 target=sub_target,
             )
         result[remaining] = adv

@@ -1,6 +1,6 @@
 """The evasion attacks, one function each, on a `Classifier` and numpy arrays.
 
-White-box attacks (FGSM, PGD, APGD-CE, APGD-T) need a torch-backed classifier and run on its
+White-box attacks (FGSM, PGD, APGD-CE, APGD-T, FAB-T) need a torch-backed classifier and run on its
 device through `bastion.models.torch_attacks`; this module never imports torch itself.
 Black-box attacks (Square, HopSkipJump) only call `predict_proba` and work on any model.
 Every result is projected exactly into the eps-ball and the valid box, and `success` is read
@@ -93,11 +93,12 @@ def _white_box(
     bounds = torch_attacks.Bounds(
         setup.constraints.lower, setup.constraints.upper, setup.constraints.mutable
     )
-    raw = torch_attacks.run(
-        classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
-        seed=seed, **options,
-    )
-    return _finish(name, classifier, setup, raw, None, started)
+    with torch_attacks.prepared(classifier, setup.x.ndim):
+        raw = torch_attacks.run(
+            classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
+            seed=seed, **options,
+        )
+        return _finish(name, classifier, setup, raw, None, started)
 
 
 def fgsm(
@@ -150,29 +151,60 @@ def apgd_targeted(
 ) -> AttackResult:
     """Auto-PGD on the targeted DLR loss, once per target class: the `n_targets` classes the
     model ranks highest after the true one, each run only on the points still robust."""
+    return _per_target(
+        "apgd-t", classifier, x, y, eps, norm, constraints, seed, n_targets, attack="apgd",
+        steps=steps, loss="dlr-targeted",
+    )
+
+
+def fab_targeted(
+    classifier: Classifier, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str = "inf",
+    steps: int = 100, n_targets: int = 9, restarts: int = 1,
+    constraints: Constraints | None = None, seed: int = 0,
+) -> AttackResult:
+    """Targeted Fast Adaptive Boundary attack (FAB-T, Croce & Hein 2020), as AutoAttack runs
+    it: for each of the `n_targets` classes the model ranks highest after the true one, FAB
+    walks to the linearised boundary between the true and the target class, projecting the
+    current and the clean point onto it within the valid box, biased toward the clean point
+    and stepping back whenever it crosses. Needs no step size. Only the points still robust
+    go on to the next target; restarts after the first start at random in half the ball."""
+    return _per_target(
+        "fab-t", classifier, x, y, eps, norm, constraints, seed, n_targets, attack="fab",
+        steps=steps, restarts=restarts,
+    )
+
+
+def _per_target(
+    name: str, classifier: Classifier, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
+    constraints: Constraints | None, seed: int, n_targets: int, **options: Any,
+) -> AttackResult:
+    """Run a targeted white-box attack once per target class, best-ranked first, each time
+    on the points no earlier target has fooled."""
     if not torch_backed(classifier):
         raise UsageError(
-            f"apgd-t needs gradients, which a {type(classifier).__name__} lacks; use "
+            f"{name} needs gradients, which a {type(classifier).__name__} lacks; use "
             f"{BLACK_BOX_HINT}"
         )
+    from bastion.models import torch_attacks
+
     started = time.perf_counter()
     setup = _setup(classifier, x, y, eps, norm, constraints)
-    ranking = np.argsort(-classifier.predict_proba(setup.x), axis=1, kind="stable")
     x_adv = setup.x.copy()
     robust = np.ones(len(setup.x), dtype=bool)
-    for rank in range(min(n_targets, classifier.n_classes - 1)):
-        todo = np.flatnonzero(robust)
-        if len(todo) == 0:
-            break
-        targets = _rank_targets(ranking[todo], setup.y[todo], rank)
-        result = _white_box(
-            "apgd-t", classifier, setup.x[todo], setup.y[todo], setup.eps, setup.norm,
-            setup.constraints, seed + rank, attack="apgd", steps=steps,
-            loss="dlr-targeted", targets=targets,
-        )
-        x_adv[todo] = result.x_adv
-        robust[todo[result.success]] = False
-    return _finish("apgd-t", classifier, setup, x_adv, None, started)
+    with torch_attacks.prepared(classifier, setup.x.ndim):
+        ranking = np.argsort(-classifier.predict_proba(setup.x), axis=1, kind="stable")
+        for rank in range(min(n_targets, classifier.n_classes - 1)):
+            todo = np.flatnonzero(robust)
+            if len(todo) == 0:
+                break
+            targets = _rank_targets(ranking[todo], setup.y[todo], rank)
+            result = _white_box(
+                name, classifier, setup.x[todo], setup.y[todo], setup.eps, setup.norm,
+                setup.constraints, seed + rank, targets=targets, **options,
+            )
+            x_adv[todo] = result.x_adv
+            robust[todo[result.success]] = False
+        return _finish(name, classifier, setup, x_adv, None, started)
 
 
 def _rank_targets(ranking: np.ndarray, y: np.ndarray, rank: int) -> np.ndarray:
@@ -219,6 +251,7 @@ ATTACKS: dict[str, tuple[Attack, bool]] = {
     "apgd-ce": (apgd_ce, True),
     "apgd-dlr": (apgd_dlr, True),
     "apgd-t": (apgd_targeted, True),
+    "fab-t": (fab_targeted, True),
     "square": (square, False),
     "hopskipjump": (hop_skip_jump, False),
 }

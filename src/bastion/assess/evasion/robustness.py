@@ -25,7 +25,7 @@ from bastion.models.classifier import Classifier, check_inputs, predict
 
 Progress = Callable[[str], None]  # called once per finished stage with its label
 
-WHITE_BOX_AUTO = ("apgd-ce", "apgd-t", "square")
+WHITE_BOX_AUTO = ("apgd-ce", "apgd-t", "fab-t", "square")
 BLACK_BOX_AUTO = ("square",)
 
 
