@@ -276,9 +276,9 @@ def _backdoor_rows(
     span = np.ptp(x, axis=0)
     # Features constant over the data (dead units) add nothing to any class's covariance:
     # dropping them leaves every projection as it was and shrinks the eigen-decompositions.
-    live = np.ptp(space, axis=0) > 0
-    if 0 < live.sum() < len(live):
-        space = space[:, live]
+    live = np.flatnonzero(np.ptp(space, axis=0) > 0)
+    if 0 < len(live) < space.shape[1]:
+        space = space.take(live, axis=1)  # C order (space[:, live] is not: slow to gather)
     for labels, index, mask in _class_groups(y, space.shape[1]):
         projected = _principal_projection(space[index], mask, options.components)
         signature = _robust_z_per_class(projected[..., 0] ** 2, mask)
@@ -294,7 +294,7 @@ def _backdoor_rows(
                 trigger_features=trigger.tolist(),
             )
             if len(trigger):
-                silhouette = _silhouette(projected[i][mask[i]], small[i][mask[i]])
+                silhouette = _silhouette(projected[i][mask[i]], small[i][mask[i]], rng)
                 stats[label]["silhouette"] = round(silhouette, 4)
                 if silhouette > options.min_silhouette:
                     suspects[label] = (members, trigger)
@@ -356,15 +356,18 @@ def _principal_projection(values: np.ndarray, mask: np.ndarray, components: int)
     Small classes: the smaller of the covariance (d x d) and Gram (n x n) matrices,
     eigen-decomposed for all classes in one batched call; large ones: randomized."""
     weights = mask[..., None]
-    means = (values * weights).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
-    centred = (values - means) * weights
+    # Means as one matrix product and the centring in place: on large classes each pass
+    # over (classes, rows, features) costs more than the arithmetic.
+    means = (mask[:, None, :].astype(values.dtype) @ values) / mask.sum(axis=1)[:, None, None]
+    centred = values - means
+    centred *= weights
     _, rows, width = centred.shape
     k = max(1, min(components, width, int(mask.sum(axis=1).min()) - 1))
     if min(rows, width) > EXACT_PCA_UP_TO:
         return _randomized_projection(centred, k) * weights
     if width <= rows:
         _, axes = np.linalg.eigh(centred.transpose(0, 2, 1) @ centred)
-        return centred @ axes[..., : -k - 1 : -1]
+        return centred @ np.ascontiguousarray(axes[..., : -k - 1 : -1])
     variances, scores = np.linalg.eigh(centred @ centred.transpose(0, 2, 1))
     top = np.sqrt(np.maximum(variances[:, None, : -k - 1 : -1], 0.0))
     return scores[..., : -k - 1 : -1] * top * weights
@@ -458,11 +461,31 @@ def _two_centres(
     return off, on_sum / np.maximum(inside, 1)[:, None]
 
 
-def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
+def _silhouette(
+    values: np.ndarray,
+    small: np.ndarray,
+    rng: np.random.Generator | None = None,
+    sample: int = 1000,
+) -> float:
     """Mean silhouette of a two-cluster split (Rousseeuw 1987; as scikit-learn's
-    silhouette_score), from block-wise pairwise distances to bound memory on a large class."""
+    silhouette_score), from block-wise pairwise distances to bound memory on a large class.
+    With `rng`, a class of more than `sample` rows is scored on a random sample of about that
+    many (as silhouette_score's sample_size): its cost grows with the square of the rows."""
     from scipy.spatial.distance import cdist
 
+    if rng is not None and len(values) > sample:
+        # Stratified: each cluster in proportion, at least two rows of each (one row has no
+        # within-cluster distance), so a small cluster is never missed.
+        parts = (np.flatnonzero(small), np.flatnonzero(~small))
+        chosen = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(part, _share(len(part), len(values), sample), replace=False)
+                    for part in parts
+                ]
+            )
+        )
+        values, small = values[chosen], small[chosen]
     in_small = small.astype(np.float64)
     sizes = np.array([len(small) - in_small.sum(), in_small.sum()])
     block = max(1, 4_000_000 // len(values))
@@ -480,6 +503,11 @@ def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
             between - within, larger, out=np.zeros(len(own)), where=(sizes[own] > 1) & (larger > 0)
         )
     return float(scores.mean())
+
+
+def _share(part: int, whole: int, sample: int) -> int:
+    """Rows to sample from a part of `whole` rows: its share of `sample`, at least 2."""
+    return min(part, max(2, sample * part // whole))
 
 
 def shared_trigger(
@@ -529,9 +557,13 @@ def _count_per_feature(
     """Per feature, how many of the `rows` (a mask) compare true with `bound`: all rows'
     count less that of the rest, which are few (one class) while `rows` are most."""
     rest = np.flatnonzero(~rows)
-    return np.count_nonzero(compare(x, bound), axis=0) - np.count_nonzero(
-        compare(x[rest], bound), axis=0
-    )
+    return _column_counts(compare(x, bound)) - _column_counts(compare(x[rest], bound))
+
+
+def _column_counts(hits: np.ndarray) -> np.ndarray:
+    """True values per column of a boolean matrix: a sum of its bytes, twice as fast as
+    np.count_nonzero along the rows."""
+    return hits.view(np.uint8).sum(axis=0, dtype=np.int64)
 
 
 def _quantiles(rows: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
