@@ -533,30 +533,30 @@ def shared_trigger(
         return agreed
     # At least `share` of the cluster is above the 99% quantile only if its r-th largest
     # value is, so at most ~1% of the other rows reach that value (likewise below): counts
-    # over all rows less the cluster's class, no copies, that rule out most shared features
-    # (blank pixels, say) before any quantile is sorted.
+    # over all rows less the cluster's class that rule out most shared features (blank
+    # pixels, say) before any quantile is sorted.
     needed = int(np.ceil(share * len(values) - 1e-9))
-    top, bottom = values[len(values) - needed], values[needed - 1]
-    rows = int(np.count_nonzero(others))
-    above = _count_per_feature(x, others, np.greater_equal, top)
-    below = _count_per_feature(x, others, np.less_equal, bottom)
+    top, bottom = values[len(values) - needed, agreed], values[needed - 1, agreed]
+    shared = x.take(agreed, axis=1)  # C order: x[:, agreed] is not, and slower to read
+    rest, rows = np.flatnonzero(~others), int(np.count_nonzero(others))
+    above = _count_per_feature(shared, rest, np.greater_equal, top)
+    below = _count_per_feature(shared, rest, np.less_equal, bottom)
     tail = rows - int(np.floor(0.99 * (rows - 1))) - 1
-    possible = (above[agreed] <= tail) | (below[agreed] <= int(np.ceil(0.01 * (rows - 1))))
+    possible = np.flatnonzero((above <= tail) | (below <= int(np.ceil(0.01 * (rows - 1)))))
     agreed = agreed[possible]
     if not len(agreed):
         return agreed
-    low, high = _quantiles(x[:, agreed][others].T, (0.01, 0.99))
+    low, high = _quantiles(shared.take(possible, axis=1)[others].T, (0.01, 0.99))
     values = values[:, agreed]
     outside = np.maximum((values > high).mean(axis=0), (values < low).mean(axis=0))
     return agreed[outside >= share]
 
 
 def _count_per_feature(
-    x: np.ndarray, rows: np.ndarray, compare: np.ufunc, bound: np.ndarray
+    x: np.ndarray, rest: np.ndarray, compare: np.ufunc, bound: np.ndarray
 ) -> np.ndarray:
-    """Per feature, how many of the `rows` (a mask) compare true with `bound`: all rows'
-    count less that of the rest, which are few (one class) while `rows` are most."""
-    rest = np.flatnonzero(~rows)
+    """Per feature, how many rows other than `rest` (row numbers) compare true with
+    `bound`: all rows' count less that of the rest, which are few (one class)."""
     return _column_counts(compare(x, bound)) - _column_counts(compare(x[rest], bound))
 
 
