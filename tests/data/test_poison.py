@@ -119,6 +119,23 @@ def test_batched_class_statistics_match_scikit_learn() -> None:
     )
 
 
+def test_sampled_silhouette_of_a_large_class_is_close_to_the_exact_one() -> None:
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(3000, 10))
+    small = np.zeros(3000, dtype=bool)
+    small[:60] = True  # 2% of the class: the stratified sample must still hold it
+    values[small] += 2.5
+    exact = silhouette_score(values, small.astype(int))
+    for seed in range(3):
+        sampled = poison._silhouette(values, small, np.random.default_rng(seed))
+        assert sampled == pytest.approx(exact, abs=0.03)
+    assert poison._silhouette(values[:500], small[:500], rng) == pytest.approx(
+        silhouette_score(values[:500], small[:500].astype(int)), abs=1e-12
+    )
+
+
 def test_class_groups_cover_every_class_once_within_budget() -> None:
     y = np.repeat(np.arange(5), [30, 500, 12, 7, 90])
     groups = list(poison._class_groups(y, width=10, budget=2_000))

@@ -127,9 +127,10 @@ def check_dataset(
     options = options or CheckOptions()
     validate(x, y)
     rng = np.random.default_rng(seed)
-    # Activations keep their scale (standardising would inflate near-dead units); raw inputs
-    # are standardised so that no feature dominates by its unit.
-    space = _standardise(_flat(x)) if features is None else _centre(_float_rows(features))
+    # Activations keep their scale (standardising would inflate near-dead units) and their
+    # offset (every detector centres each class itself); raw inputs are standardised so that
+    # no feature dominates by its unit.
+    space = _standardise(_flat(x)) if features is None else _float_rows(features)
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise UsageError(
@@ -155,10 +156,6 @@ def validate(x: np.ndarray, y: np.ndarray) -> None:
         raise InputError("need at least two classes to check labels")
     if len(x) < 20:
         raise InputError(f"need at least 20 rows to check, got {len(x)}")
-
-
-def _centre(values: np.ndarray) -> np.ndarray:
-    return values - values.mean(axis=0)
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
@@ -271,11 +268,17 @@ def _backdoor_rows(
 ) -> None:
     spectral, cluster = np.zeros(len(y)), np.zeros(len(y))
     stats = {
-        int(label): {"rows": int(count), "poisoned": False}
-        for label, count in zip(*np.unique(y, return_counts=True), strict=True)
+        label: {"rows": count, "poisoned": False}
+        for label, count in enumerate(np.bincount(y).tolist())
+        if count
     }
     suspects: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     span = np.ptp(x, axis=0)
+    # Features constant over the data (dead units) add nothing to any class's covariance:
+    # dropping them leaves every projection as it was and shrinks the eigen-decompositions.
+    live = np.flatnonzero(np.ptp(space, axis=0) > 0)
+    if 0 < len(live) < space.shape[1]:
+        space = space.take(live, axis=1)  # C order (space[:, live] is not: slow to gather)
     for labels, index, mask in _class_groups(y, space.shape[1]):
         projected = _principal_projection(space[index], mask, options.components)
         signature = _robust_z_per_class(projected[..., 0] ** 2, mask)
@@ -291,16 +294,15 @@ def _backdoor_rows(
                 trigger_features=trigger.tolist(),
             )
             if len(trigger):
-                silhouette = _silhouette(projected[i][mask[i]], small[i][mask[i]])
+                silhouette = _silhouette(projected[i][mask[i]], small[i][mask[i]], rng)
                 stats[label]["silhouette"] = round(silhouette, 4)
                 if silhouette > options.min_silhouette:
                     suspects[label] = (members, trigger)
-    moved = _exclusionary_reclassification(
+    shares = _exclusionary_reclassification(
         x, y, [members for members, _ in suspects.values()], estimator, rng
     )
     flagged = np.zeros(len(y), dtype=bool)
-    for label, (members, trigger) in suspects.items():
-        share = float(moved[members].mean())
+    for (label, (members, trigger)), share in zip(suspects.items(), shares, strict=True):
         stats[label].update(reclassified=round(share, 4), poisoned=share > options.reclassified)
         if stats[label]["poisoned"]:
             rows = np.union1d(members, _carriers(x, members, trigger, y == label))
@@ -354,15 +356,18 @@ def _principal_projection(values: np.ndarray, mask: np.ndarray, components: int)
     Small classes: the smaller of the covariance (d x d) and Gram (n x n) matrices,
     eigen-decomposed for all classes in one batched call; large ones: randomized."""
     weights = mask[..., None]
-    means = (values * weights).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
-    centred = (values - means) * weights
+    # Means as one matrix product and the centring in place: on large classes each pass
+    # over (classes, rows, features) costs more than the arithmetic.
+    means = (mask[:, None, :].astype(values.dtype) @ values) / mask.sum(axis=1)[:, None, None]
+    centred = values - means
+    centred *= weights
     _, rows, width = centred.shape
     k = max(1, min(components, width, int(mask.sum(axis=1).min()) - 1))
     if min(rows, width) > EXACT_PCA_UP_TO:
         return _randomized_projection(centred, k) * weights
     if width <= rows:
         _, axes = np.linalg.eigh(centred.transpose(0, 2, 1) @ centred)
-        return centred @ axes[..., : -k - 1 : -1]
+        return centred @ np.ascontiguousarray(axes[..., : -k - 1 : -1])
     variances, scores = np.linalg.eigh(centred @ centred.transpose(0, 2, 1))
     top = np.sqrt(np.maximum(variances[:, None, : -k - 1 : -1], 0.0))
     return scores[..., : -k - 1 : -1] * top * weights
@@ -413,44 +418,74 @@ def _two_means(
     cluster's centre than to the larger's, in units of the class's median distance to its
     nearest centre (0 for rows of the larger cluster)."""
     side = (values[..., 0] > 0) & mask
-    split = side.any(axis=1) & (side != mask).any(axis=1)  # else one side is empty
-    counts, totals = mask.sum(axis=1, keepdims=True), values.sum(axis=1)  # padded rows are 0
+    counts, totals = mask.sum(axis=1), values.sum(axis=1)  # padded rows are 0
+    inside = side.sum(axis=1)
+    split = (inside > 0) & (inside < counts)  # else one side is empty
     for _ in range(iterations):
-        off, on = _two_centres(values, side, counts, totals)
+        off, on = _two_centres(values, side, inside, counts, totals)
         # Nearer to `on` in squared distance: 2 v.(on - off) > |on|^2 - |off|^2.
-        towards_on = 2.0 * (values @ (on - off)[..., None])[..., 0]
-        nearer = (towards_on > ((on**2).sum(axis=1) - (off**2).sum(axis=1))[:, None]) & mask
-        emptied = ~nearer.any(axis=1) | (nearer == mask).all(axis=1)
-        nearer[emptied] = side[emptied]  # a class keeps its last two-sided split
+        towards = on - off
+        nearer = (values @ (2.0 * towards)[..., None])[..., 0] > (
+            (towards * (on + off)).sum(axis=1)[:, None]
+        )
+        nearer &= mask
+        now_inside = nearer.sum(axis=1)
+        emptied = (now_inside == 0) | (now_inside == counts)
+        if emptied.any():  # a class keeps its last two-sided split
+            nearer[emptied], now_inside[emptied] = side[emptied], inside[emptied]
         if (nearer == side).all():
             break
-        side = nearer
-    centres = np.stack(_two_centres(values, side, counts, totals), axis=1)
+        side, inside = nearer, now_inside
+    centres = np.stack(_two_centres(values, side, inside, counts, totals), axis=1)
     distances = np.sqrt(((values[:, :, None, :] - centres[:, None]) ** 2).sum(axis=3))
-    side_is_small = side.sum(axis=1) <= mask.sum(axis=1) / 2
-    small = np.where(side_is_small[:, None], side, mask & ~side) & split[:, None]
-    to_small = np.where(side_is_small[:, None], distances[..., 1], distances[..., 0])
-    to_large = np.where(side_is_small[:, None], distances[..., 0], distances[..., 1])
+    side_is_small = (inside <= counts / 2)[:, None]
+    small = np.where(side_is_small, side, mask & ~side) & split[:, None]
+    to_small = np.where(side_is_small, distances[..., 1], distances[..., 0])
+    to_large = np.where(side_is_small, distances[..., 0], distances[..., 1])
     spread = _masked_median(distances.min(axis=2), mask)[:, None]
     margin = (to_large - to_small) / np.where(spread > 0, spread, 1.0)
     return small, np.maximum(margin, 0.0) * (mask & split[:, None])
 
 
 def _two_centres(
-    values: np.ndarray, side: np.ndarray, counts: np.ndarray, totals: np.ndarray
+    values: np.ndarray,
+    side: np.ndarray,
+    inside: np.ndarray,
+    counts: np.ndarray,
+    totals: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, the centres (classes, k) of its rows off and on `side`, from the sum of
-    the rows on it and the class totals."""
-    inside = side.sum(axis=1, keepdims=True)
+    """Per class, the centres (classes, k) of its rows off and on `side` (`inside` of them
+    on it), from the sum of the rows on it and the class totals."""
     on_sum = (side[:, None, :].astype(values.dtype) @ values)[:, 0]
-    return (totals - on_sum) / np.maximum(counts - inside, 1), on_sum / np.maximum(inside, 1)
+    off = (totals - on_sum) / np.maximum(counts - inside, 1)[:, None]
+    return off, on_sum / np.maximum(inside, 1)[:, None]
 
 
-def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
+def _silhouette(
+    values: np.ndarray,
+    small: np.ndarray,
+    rng: np.random.Generator | None = None,
+    sample: int = 1000,
+) -> float:
     """Mean silhouette of a two-cluster split (Rousseeuw 1987; as scikit-learn's
-    silhouette_score), from block-wise pairwise distances to bound memory on a large class."""
+    silhouette_score), from block-wise pairwise distances to bound memory on a large class.
+    With `rng`, a class of more than `sample` rows is scored on a random sample of about that
+    many (as silhouette_score's sample_size): its cost grows with the square of the rows."""
     from scipy.spatial.distance import cdist
 
+    if rng is not None and len(values) > sample:
+        # Stratified: each cluster in proportion, at least two rows of each (one row has no
+        # within-cluster distance), so a small cluster is never missed.
+        parts = (np.flatnonzero(small), np.flatnonzero(~small))
+        chosen = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(part, _share(len(part), len(values), sample), replace=False)
+                    for part in parts
+                ]
+            )
+        )
+        values, small = values[chosen], small[chosen]
     in_small = small.astype(np.float64)
     sizes = np.array([len(small) - in_small.sum(), in_small.sum()])
     block = max(1, 4_000_000 // len(values))
@@ -470,6 +505,11 @@ def _silhouette(values: np.ndarray, small: np.ndarray) -> float:
     return float(scores.mean())
 
 
+def _share(part: int, whole: int, sample: int) -> int:
+    """Rows to sample from a part of `whole` rows: its share of `sample`, at least 2."""
+    return min(part, max(2, sample * part // whole))
+
+
 def shared_trigger(
     x: np.ndarray,
     members: np.ndarray,
@@ -483,18 +523,47 @@ def shared_trigger(
     Other classes are the reference because a backdoor relabels every triggered row into
     the target class, so they hold no trigger, while the target class may hold triggered
     rows the cluster missed. `span`: each feature's range over `x`, when already known."""
-    values = x[members]
+    values = np.sort(x[members], axis=0)
     span = np.ptp(x, axis=0) if span is None else span
-    typical = np.median(values, axis=0)
+    middle = (len(values) - 1) // 2, len(values) // 2
+    typical = 0.5 * (values[middle[0]] + values[middle[1]])  # the median
     common = (np.abs(values - typical) <= 0.05 * np.where(span > 0, span, 1.0)).mean(axis=0)
-    # The quantiles sort the other classes' rows: only on the features the cluster shares.
     agreed = np.flatnonzero(common >= share)
     if not len(agreed):
         return agreed
-    low, high = _quantiles(x[:, agreed][others].T, (0.01, 0.99))
+    # At least `share` of the cluster is above the 99% quantile only if its r-th largest
+    # value is, so at most ~1% of the other rows reach that value (likewise below): counts
+    # over all rows less the cluster's class that rule out most shared features (blank
+    # pixels, say) before any quantile is sorted.
+    needed = int(np.ceil(share * len(values) - 1e-9))
+    top, bottom = values[len(values) - needed, agreed], values[needed - 1, agreed]
+    shared = x.take(agreed, axis=1)  # C order: x[:, agreed] is not, and slower to read
+    rest, rows = np.flatnonzero(~others), int(np.count_nonzero(others))
+    above = _count_per_feature(shared, rest, np.greater_equal, top)
+    below = _count_per_feature(shared, rest, np.less_equal, bottom)
+    tail = rows - int(np.floor(0.99 * (rows - 1))) - 1
+    possible = np.flatnonzero((above <= tail) | (below <= int(np.ceil(0.01 * (rows - 1)))))
+    agreed = agreed[possible]
+    if not len(agreed):
+        return agreed
+    low, high = _quantiles(shared.take(possible, axis=1)[others].T, (0.01, 0.99))
     values = values[:, agreed]
     outside = np.maximum((values > high).mean(axis=0), (values < low).mean(axis=0))
     return agreed[outside >= share]
+
+
+def _count_per_feature(
+    x: np.ndarray, rest: np.ndarray, compare: np.ufunc, bound: np.ndarray
+) -> np.ndarray:
+    """Per feature, how many rows other than `rest` (row numbers) compare true with
+    `bound`: all rows' count less that of the rest, which are few (one class)."""
+    return _column_counts(compare(x, bound)) - _column_counts(compare(x[rest], bound))
+
+
+def _column_counts(hits: np.ndarray) -> np.ndarray:
+    """True values per column of a boolean matrix: a sum of its bytes, twice as fast as
+    np.count_nonzero along the rows."""
+    return hits.view(np.uint8).sum(axis=0, dtype=np.int64)
 
 
 def _quantiles(rows: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
@@ -524,27 +593,35 @@ def _exclusionary_reclassification(
     suspects: list[np.ndarray],
     estimator: Any,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """Per row of a suspect cluster: does a model fitted without every suspect cluster put it
-    in another class? The model is the user's estimator (cloned and fitted), else 5 nearest
-    neighbours on range-scaled inputs, which follow a small sub-style of a class better than
-    a linear model does (a rare but genuine style must not look like poison). Range scaling,
-    not standardising: a near-constant trigger feature must not dominate the distance."""
-    moved = np.zeros(len(y), dtype=bool)
-    if not suspects:
-        return moved
-    held_out = np.concatenate(suspects)
+    queries: int = 32,
+) -> list[float]:
+    """Per suspect cluster, the share of its rows that a model fitted without every suspect
+    cluster puts in another class. The model is the user's estimator (cloned and fitted),
+    else 5 nearest neighbours on range-scaled inputs, which follow a small sub-style of a
+    class better than a linear model does (a rare but genuine style must not look like
+    poison). Range scaling, not standardising: a near-constant trigger feature must not
+    dominate the distance. The nearest-neighbour vote asks at most `queries` rows of a
+    cluster, drawn at random: its cost grows with the rows asked, and the share needs no
+    more (its standard error is at most 0.09)."""
+    held_out = np.concatenate(suspects) if suspects else np.empty(0, np.intp)
     keep = np.ones(len(y), dtype=bool)
     keep[held_out] = False
-    if len(np.unique(y[keep])) < 2:
-        return moved
+    if not suspects or np.count_nonzero(np.bincount(y[keep])) < 2:
+        return [0.0] * len(suspects)
     if estimator is not None:
         model = _default_model(estimator, rng).fit(x[keep], y[keep])
+        asked = suspects
         predicted = model.predict(x[held_out])
     else:
-        predicted = _nearest_neighbour_vote(x[keep], y[keep], x[held_out], k=5)
-    moved[held_out] = predicted != y[held_out]
-    return moved
+        asked = [
+            rows if len(rows) <= queries else np.sort(rng.choice(rows, queries, replace=False))
+            for rows in suspects
+        ]
+        rows = np.concatenate(asked)
+        predicted = _nearest_neighbour_vote(x[keep], y[keep], x[rows], k=5)
+    moved = predicted != y[np.concatenate(asked)]
+    ends = np.cumsum([len(rows) for rows in asked])
+    return [float(part.mean()) for part in np.split(moved, ends[:-1])]
 
 
 def _nearest_neighbour_vote(
@@ -552,7 +629,8 @@ def _nearest_neighbour_vote(
 ) -> np.ndarray:
     """The majority label (smallest on ties) of each query's k nearest training rows, with
     every feature scaled to the training rows' [0, 1] range: brute force, one matrix product
-    per block of queries, as there are few queries and no index pays for itself."""
+    per block of queries, as there are few queries and no index pays for itself. `labels`
+    are class indices (non-negative integers)."""
     span = np.ptp(train, axis=0)
     weights = (1.0 / np.where(span > 0, span, 1.0) ** 2).astype(train.dtype)
     # The scaling folds into feature weights (the offset cancels in differences), so the
@@ -560,15 +638,14 @@ def _nearest_neighbour_vote(
     # distances and left out.
     train_terms = (train * train) @ weights
     k = min(k, len(train))
-    classes, codes = np.unique(labels, return_inverse=True)
+    classes = np.arange(labels.max() + 1)
     block = max(1, 4_000_000 // len(train))
     votes = np.empty(len(queries), dtype=np.intp)
     for start in range(0, len(queries), block):
         distances = train_terms - (2.0 * weights * queries[start : start + block]) @ train.T
         nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
-        counts = (codes[nearest][..., None] == np.arange(len(classes))).sum(axis=1)
-        votes[start : start + block] = counts.argmax(axis=1)
-    return classes[votes]
+        votes[start : start + block] = (labels[nearest][..., None] == classes).sum(1).argmax(1)
+    return votes
 
 
 def duplicates(result: CheckResult, x: np.ndarray, y: np.ndarray, options: CheckOptions) -> None:
