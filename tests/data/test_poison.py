@@ -45,6 +45,23 @@ def test_backdoor_rows_found_from_inputs_alone(poisoned_digits) -> None:
     assert recall >= 0.9 and precision >= 0.8, (precision, recall)
 
 
+@pytest.mark.parametrize("rate", [0.10, 0.20])
+def test_backdoor_that_outnumbers_its_class_is_found(rate: float) -> None:
+    # At 10% of the data the poison is half of the target class and at 20% two thirds: the
+    # poisoned cluster is the larger one, which a relative-size rule never looks at.
+    from bastion.assess.poisoning import Trigger, badnets
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    poisoned = badnets(x, digits.target, rate, np.random.default_rng(3), target=TARGET,
+                       trigger=Trigger.fit(x, 2))
+    result = check_dataset(poisoned.x, poisoned.y, seed=0, detectors=("backdoor",))
+    precision, recall = _precision_recall(result.flagged("backdoor"), poisoned.rows)
+    assert recall >= 0.9 and precision >= 0.8, (precision, recall)
+    assert [c for c, s in result.classes.items() if s["poisoned"]] == [TARGET]
+    assert result.classes[TARGET]["cluster_fraction"] >= 0.45
+
+
 def test_clean_digits_have_no_backdoor(clean_model) -> None:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
