@@ -258,3 +258,22 @@ def test_a_model_that_fails_on_the_probe_never_runs_inline(digits):
     assert backend.inline_rows == 0
     with pytest.raises(BackendError, match="ValueError"):
         asyncio.run(backend.predict(np.zeros((1, 64))))
+
+
+def test_redis_store_replaces_a_connection_dropped_while_idle(redis_url):
+    import time
+
+    import redis
+
+    async def scenario() -> list[float]:
+        store = RedisStore(redis_url, health_check_s=0.05)
+        waits = [await store.take("idle", 100.0, 100)]
+        admin = redis.Redis.from_url(redis_url)
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        admin.close()
+        time.sleep(0.1)  # idle past the health check: the next batch pings first
+        waits += await asyncio.gather(*(store.take("idle", 100.0, 100) for _ in range(3)))
+        await store.close()
+        return waits
+
+    assert asyncio.run(scenario()) == [0.0, 0.0, 0.0, 0.0]

@@ -330,14 +330,22 @@ class _Courier:
 
 
 class RedisStore:
-    """State shared by every replica that points at the same Redis."""
+    """State shared by every replica that points at the same Redis.
 
-    def __init__(self, url: str, prefix: str = "bastion:") -> None:
+    A connection idle for `health_check_s` is pinged (and replaced if Redis dropped it)
+    before its next batch, so a Redis restart or an idle timeout does not fail requests."""
+
+    def __init__(self, url: str, prefix: str = "bastion:", health_check_s: float = 5.0) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
         except ImportError:
             raise UsageError("--store redis://... needs the redis package") from None
-        self._redis = aioredis.from_url(url)
+        # One retry without delay: for the health check's PING (and the idempotent flag
+        # reads and writes); the courier's scripts are never retried.
+        self._redis = aioredis.from_url(url, health_check_interval=health_check_s,
+                                        retry=Retry(NoBackoff(), 1))
         self._courier = _Courier(self._redis.connection_pool)
         self._prefix = prefix
         self._take = self._redis.register_script(_TAKE)
