@@ -67,29 +67,31 @@ class LocalBackend:
 
 def _rows_within(classifier: Classifier, schema: InputSchema, seconds: float) -> int:
     """The largest batch the model is expected to answer within `seconds` (0: none), from
-    the best of a few timings of a 1-row and a 32-row probe."""
+    the best of a few timings of a 1-row probe and, only if that is fast enough, a 32-row
+    one (a slow model costs a few single-row predictions at start, no more)."""
     low = schema.low if schema.low is not None else 0.0
     high = schema.high if schema.high is not None else low
-    probe = np.full((32, *schema.shape), (low + high) / 2, dtype=np.float64)
+    row = np.full((1, *schema.shape), (low + high) / 2, dtype=np.float64)
 
-    def best_time(rows: int) -> float:
+    def best_time(batch: np.ndarray) -> float:
         times = []
         for _ in range(5):
             started = time.perf_counter()
-            classifier.predict_proba(probe[:rows])
+            classifier.predict_proba(batch)
             times.append(time.perf_counter() - started)
         return min(times)
 
     try:
-        classifier.predict_proba(probe[:1])  # first call: lazy initialisation, not timed
-        one, many = best_time(1), best_time(32)
+        classifier.predict_proba(row)  # first call: lazy initialisation, not timed
+        one = best_time(row)
+        if one > seconds:
+            return 0
+        many = best_time(np.repeat(row, 32, axis=0))
     except Exception:  # whatever the model raises on the probe, it is not run inline
         return 0
     per_row = max(many - one, 0.0) / 31
     fixed = max(one - per_row, 0.0)
-    if fixed + per_row > seconds:
-        return 0
-    return 32 if per_row == 0 else min(32, int((seconds - fixed) / per_row))
+    return 32 if per_row == 0 else max(1, min(32, int((seconds - fixed) / per_row)))
 
 
 def local_schema(
