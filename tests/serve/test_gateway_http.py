@@ -241,3 +241,31 @@ def test_cors_is_closed_unless_an_origin_is_given(start_gateway, make_key):
     other = httpx.options(start_gateway(cors_origins=("https://app.example",)) + "/predict",
                           headers={**preflight, "Origin": "https://evil.example"})
     assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_non_finite_model_output_is_a_502_not_an_answer(serve_app, keyfile, make_key, digits):
+    from bastion.models.classifier import as_classifier
+    from bastion.serve.app import GatewayConfig, create_app
+    from bastion.serve.auth import KeyRing
+    from bastion.serve.backend import LocalBackend
+    from bastion.serve.limits import InputSchema
+    from bastion.serve.store import MemoryStore
+
+    class NaNModel:
+        """The digits model with its first probability replaced by NaN."""
+
+        def __init__(self) -> None:
+            self.inner = as_classifier(digits.model)
+            self.n_classes, self.input_shape = self.inner.n_classes, (64,)
+            self.clip_values = (0.0, 16.0)
+
+        def predict_proba(self, x):
+            out = self.inner.predict_proba(x)
+            out[:, 0] = float("nan")
+            return out
+
+    token = make_key()
+    backend = LocalBackend("digits", NaNModel(), InputSchema((64,), 0.0, 16.0))
+    url = serve_app(create_app(backend, KeyRing(keyfile.path), MemoryStore(), GatewayConfig()))
+    response = post(url, token, {"inputs": digits.x_test[:1].tolist()})
+    assert response.status_code == 502 and "non-finite" in response.json()["error"]

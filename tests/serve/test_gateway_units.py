@@ -198,3 +198,82 @@ def test_memory_store_forgets_refilled_buckets():
         return len(store._buckets)
 
     assert asyncio.run(scenario()) == 1
+
+
+class _Delayed:
+    """The digits model answering `delay_s` late, from whichever thread called it."""
+
+    def __init__(self, model, delay_s: float) -> None:
+        self.model = model
+        self.delay_s = delay_s
+        self.n_classes = len(model.classes_)
+        self.input_shape = (64,)
+        self.clip_values = (0.0, 16.0)
+        self.threads: set[int] = set()
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        import threading
+        import time
+
+        self.threads.add(threading.get_ident())
+        time.sleep(self.delay_s)
+        return self.model.predict_proba(x)
+
+
+def test_fast_predictions_run_on_the_event_loop_slow_ones_in_the_pool(digits):
+    import threading
+
+    from bastion.serve.backend import LocalBackend
+
+    schema = InputSchema((64,), 0.0, 16.0)
+    fast, slow = _Delayed(digits.model, 0.0), _Delayed(digits.model, 0.005)
+    fast_backend, slow_backend = LocalBackend("f", fast, schema), LocalBackend("s", slow, schema)
+    assert fast_backend.inline_rows >= 1 and slow_backend.inline_rows == 0
+    assert LocalBackend("f", fast, schema, inline_s=0).inline_rows == 0
+    rows = digits.x_test[:40]
+
+    async def scenario() -> None:
+        for backend in (fast_backend, slow_backend):
+            backend.classifier.threads.clear()
+            one = await backend.predict(rows[:1])
+            assert np.allclose(one, digits.model.predict_proba(rows[:1]))
+        assert fast.threads == {threading.get_ident()}  # answered on the loop's thread
+        assert threading.get_ident() not in slow.threads
+        fast.threads.clear()
+        await fast_backend.predict(rows)  # more rows than were timed: the pool
+        assert threading.get_ident() not in fast.threads
+
+    asyncio.run(scenario())
+
+
+def test_a_model_that_fails_on_the_probe_never_runs_inline(digits):
+    from bastion.serve.backend import BackendError, LocalBackend
+
+    def fail(x: np.ndarray) -> np.ndarray:
+        raise ValueError("bad weights")
+
+    broken = _Delayed(digits.model, 0.0)
+    broken.predict_proba = fail
+    backend = LocalBackend("b", broken, InputSchema((64,), 0.0, 16.0))
+    assert backend.inline_rows == 0
+    with pytest.raises(BackendError, match="ValueError"):
+        asyncio.run(backend.predict(np.zeros((1, 64))))
+
+
+def test_redis_store_replaces_a_connection_dropped_while_idle(redis_url):
+    import time
+
+    import redis
+
+    async def scenario() -> list[float]:
+        store = RedisStore(redis_url, health_check_s=0.05)
+        waits = [await store.take("idle", 100.0, 100)]
+        admin = redis.Redis.from_url(redis_url)
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        admin.close()
+        time.sleep(0.1)  # idle past the health check: the next batch pings first
+        waits += await asyncio.gather(*(store.take("idle", 100.0, 100) for _ in range(3)))
+        await store.close()
+        return waits
+
+    assert asyncio.run(scenario()) == [0.0, 0.0, 0.0, 0.0]

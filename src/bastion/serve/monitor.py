@@ -69,19 +69,24 @@ class _KeyHistory:
 
     Records are numbered by the store (1, 2, ...). Concurrent requests of one key may hand
     back the same record twice (one as its own, another as missed), so each number is added
-    once; no lock is held across the store's round trip."""
+    once; no lock is held across the store's round trip.
 
-    def __init__(self, keep: int, dim: int) -> None:
+    The remembered queries live in preallocated rings, so a nearest-neighbour search is one
+    matrix-vector product over the ring and a handful of whole-array operations, whatever
+    the number of classes; empty slots carry class -1 and never match."""
+
+    def __init__(self, keep: int, window: int, dim: int) -> None:
         self.seen = 0  # highest record number this replica has asked the store past
         self.vectors = np.zeros((keep, dim), dtype=np.float32)
         self.classes = np.full(keep, -1, dtype=np.int32)
         self.numbers = np.zeros(keep, dtype=np.int64)
         self.norms = np.zeros(keep, dtype=np.float32)  # squared, for distances by one product
-        self._features = np.arange(dim)
+        self._offsets = np.arange(dim) * _BINS  # row of each feature in the flat bin table
         self.present: set[int] = set()
-        self.distances: deque[float] = deque(maxlen=keep)
-        self.entropies: deque[float] = deque(maxlen=keep)
-        self.bins = np.zeros((dim, _BINS), dtype=bool)
+        # only the last `window` are ever judged
+        self.distances: deque[float] = deque(maxlen=window)
+        self.entropies: deque[float] = deque(maxlen=window)
+        self.bins = np.zeros(dim * _BINS, dtype=bool)  # feature x bin, visited or not
         self.count = 0  # rows filled in the ring
         self.next = 0
 
@@ -89,34 +94,42 @@ class _KeyHistory:
             entropy: float) -> None:
         if number in self.present:
             return
-        self.present.discard(int(self.numbers[self.next]))
+        slot = self.next
+        if self.count == len(self.vectors):
+            self.present.discard(int(self.numbers[slot]))
+        else:
+            self.count += 1
         self.present.add(number)
-        self.numbers[self.next] = number
-        self.vectors[self.next] = vector
-        self.norms[self.next] = vector @ vector
-        self.classes[self.next] = label
-        self.next = (self.next + 1) % len(self.vectors)
-        self.count = min(self.count + 1, len(self.vectors))
-        if not math.isnan(distance):
+        self.numbers[slot] = number
+        self.vectors[slot] = vector
+        self.norms[slot] = vector @ vector
+        self.classes[slot] = label
+        self.next = (slot + 1) % len(self.vectors)
+        if distance == distance:  # not NaN: there was an earlier query of this class
             self.distances.append(distance)
         self.entropies.append(entropy)
         # in [0, 1] when the model declares a range; clamp for models that do not
-        cells = np.minimum(np.maximum((vector * _BINS).astype(np.int64), 0), _BINS - 1)
-        self.bins[self._features, cells] = True
+        cells = (vector * _BINS).astype(np.int64)
+        np.minimum(cells, _BINS - 1, out=cells)
+        np.maximum(cells, 0, out=cells)
+        cells += self._offsets
+        self.bins[cells] = True
 
     def min_distance(self, vector: np.ndarray, label: int) -> float:
-        n = self.count
-        same = self.classes[:n] == label
-        if not same.any():
+        """Euclidean distance to the nearest remembered query of the same class (NaN when
+        there is none)."""
+        # |a - v|^2 = |a|^2 - 2 a.v + |v|^2, and |v|^2 is the same for every a: one
+        # matrix-vector product ranks the ring; slots of other classes are ruled out.
+        squared = self.vectors @ (-2.0 * vector)
+        squared += self.norms
+        squared[self.classes != label] = np.inf
+        nearest = int(squared.argmin())
+        if squared[nearest] == np.inf:
             return math.nan
-        # |a - v|^2 = |a|^2 - 2 a.v + |v|^2: one matrix-vector product finds the nearest;
-        # its distance is then computed directly, since the expansion loses precision in
+        # The distance itself is computed directly: the expansion loses precision in
         # float32 exactly where it matters (repeated queries must give 0).
-        squared = self.norms[:n] - 2.0 * (self.vectors[:n] @ vector)
-        candidates = np.flatnonzero(same)
-        nearest = candidates[np.argmin(squared[candidates])]
         diff = self.vectors[nearest].astype(np.float64) - vector
-        return float(np.sqrt(diff @ diff))
+        return math.sqrt(diff @ diff)
 
 
 class Monitor:
@@ -138,20 +151,22 @@ class Monitor:
         """Record a batch of queries for `key_id` and judge the key's history."""
         history = self._keys.get(key_id)
         if history is None:
-            history = self._keys[key_id] = _KeyHistory(self.config.keep, self.dim)
+            history = self._keys[key_id] = _KeyHistory(
+                self.config.keep, max(self.config.window, self.config.min_queries), self.dim
+            )
         vectors = self._normalise(rows)
-        labels = probabilities.argmax(axis=1)
-        entropies = _normalised_entropy(probabilities)
+        labels = probabilities.argmax(axis=1).tolist()
+        entropies = _normalised_entropy(probabilities).tolist()
         tested = False
         for vector, label, entropy in zip(vectors, labels, entropies, strict=True):
-            distance = history.min_distance(vector, int(label))
-            record = _HEADER.pack(int(label), distance, float(entropy), 0.0) + vector.tobytes()
+            distance = history.min_distance(vector, label)
+            record = _HEADER.pack(label, distance, entropy, 0.0) + vector.tobytes()
             total, missed = await self.store.remember(
                 key_id, record, self.config.keep, history.seen
             )
             for number, raw in enumerate(missed, start=total - len(missed)):
                 self._add(history, number, raw)
-            history.add(total, vector, int(label), distance, float(entropy))
+            history.add(total, vector, label, distance, entropy)
             history.seen = max(history.seen, total)
             tested = tested or total % self.config.test_every == 0
         return self._judge(history, tested)

@@ -3,15 +3,17 @@
 `MemoryStore` serves one process: every operation completes without awaiting, so on one event
 loop it is atomic. `RedisStore` lets several replicas share the same state exactly: each
 read-modify-write runs as one Lua script inside Redis, with Redis's own clock, so replicas
-never race each other or disagree about time.
+never race each other or disagree about time. The scripts that concurrent requests call are
+sent together, as one pipeline per round trip (see `_Courier`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bastion.errors import UsageError
 
@@ -144,7 +146,7 @@ class MemoryStore:
     async def remember(
         self, key: str, record: bytes, keep: int, since: int
     ) -> tuple[int, list[bytes]]:
-        total, history = self._history.get(key, (0, deque(maxlen=keep)))
+        total, history = self._history.get(key) or (0, deque(maxlen=keep))
         missing = min(total - since, len(history))
         before = list(history)[len(history) - missing :] if missing > 0 else []
         history.append(record)
@@ -252,15 +254,99 @@ return {total, redis.call('LRANGE', KEYS[1], start, length - 2)}
 HISTORY_TTL_S = 7 * 24 * 3600
 
 
-class RedisStore:
-    """State shared by every replica that points at the same Redis."""
+class _Courier:
+    """Sends the commands that concurrent requests issue as one pipeline on one connection.
 
-    def __init__(self, url: str, prefix: str = "bastion:") -> None:
+    A command waits only while an earlier batch is on the wire; then everything queued goes
+    out together. Redis still runs each command (each Lua script) on its own, atomically and
+    in order, and each caller gets its own reply (an error reply raises in that caller
+    only); what the batch shares is the round trip and its cost in the client (connection
+    checkout, socket writes and reads), which is most of a script call's cost here. A
+    command is sent once and never retried: a lost connection fails every command of its
+    batch, and the next batch reconnects."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def call(self, *command: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((command, future))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            connection = await self._pool.get_connection()
+        except BaseException as exc:  # no connection: every waiting command fails with it
+            self._sender = None
+            batch, self._queue = self._queue, []
+            self._fail(batch, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._round_trip(connection, batch)
+        finally:
+            self._sender = None
+            await self._pool.release(connection)
+
+    async def _round_trip(self, connection: Any, batch: list[tuple[tuple[Any, ...], Any]]) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands([command for command, _ in batch])
+            )
+            for _, future in batch:
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as exc:  # this command's error reply; the rest follow
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(reply)
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)
+            self._fail(batch, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    @staticmethod
+    def _fail(batch: list[tuple[tuple[Any, ...], Any]], exc: BaseException) -> None:
+        for _, future in batch:
+            if future.done():
+                continue
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+
+
+class RedisStore:
+    """State shared by every replica that points at the same Redis.
+
+    A connection idle for `health_check_s` is pinged (and replaced if Redis dropped it)
+    before its next batch, so a Redis restart or an idle timeout does not fail requests."""
+
+    def __init__(self, url: str, prefix: str = "bastion:", health_check_s: float = 5.0) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
         except ImportError:
             raise UsageError("--store redis://... needs the redis package") from None
-        self._redis = aioredis.from_url(url)
+        # One retry without delay: for the health check's PING (and the idempotent flag
+        # reads and writes); the courier's scripts are never retried.
+        self._redis = aioredis.from_url(url, health_check_interval=health_check_s,
+                                        retry=Retry(NoBackoff(), 1))
+        self._courier = _Courier(self._redis.connection_pool)
         self._prefix = prefix
         self._take = self._redis.register_script(_TAKE)
         self._admit = self._redis.register_script(_ADMIT)
@@ -269,6 +355,18 @@ class RedisStore:
 
     async def ping(self) -> None:
         await self._redis.ping()
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script through the courier (loading it first if this Redis has
+        not seen it: a NOSCRIPT reply means it did not run)."""
+        from redis.exceptions import NoScriptError
+
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self._courier.call(*command)
+        except NoScriptError:
+            await self._redis.script_load(script.script)
+            return await self._courier.call(*command)
 
     async def admit(
         self, address: str, address_rate: float, address_burst: int, quota: Quota | None,
@@ -284,25 +382,25 @@ class RedisStore:
                     p + "flag:" + quota.key_id]
             args = [address_rate, address_burst, quota.rate, quota.burst, throttle_factor,
                     "" if quota.budget is None else quota.budget, quota.budget_ttl_s]
-        code, wait, flag = await self._admit(keys=keys, args=args)
+        code, wait, flag = await self._run(self._admit, keys, args)
         flag = flag.decode() or None
         wait = float(wait)
         refused = {0: None, 1: "address", 2: "blocked", 3: "key", 4: "budget"}[int(code)]
         return Admission(refused, float("inf") if wait < 0 else wait, flag)
 
     async def take(self, bucket: str, rate: float, burst: int) -> float:
-        wait = float(await self._take(keys=[self._prefix + "tb:" + bucket], args=[rate, burst]))
+        wait = float(await self._run(self._take, [self._prefix + "tb:" + bucket], [rate, burst]))
         return float("inf") if wait < 0 else wait
 
     async def spend(self, budget: str, limit: int, ttl_s: int) -> bool:
-        return bool(await self._spend(keys=[self._prefix + "bd:" + budget], args=[limit, ttl_s]))
+        return bool(await self._run(self._spend, [self._prefix + "bd:" + budget], [limit, ttl_s]))
 
     async def remember(
         self, key: str, record: bytes, keep: int, since: int
     ) -> tuple[int, list[bytes]]:
         names = [self._prefix + "hist:" + key, self._prefix + "seq:" + key]
-        total, before = await self._remember(
-            keys=names, args=[record, keep, HISTORY_TTL_S, since]
+        total, before = await self._run(
+            self._remember, names, [record, keep, HISTORY_TTL_S, since]
         )
         return int(total), list(before)
 
