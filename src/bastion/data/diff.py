@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -44,10 +45,9 @@ LEAVES_PER_BUCKET = 256  # Merkle leaves per file, by the second byte: 65536 lea
 HASH_BYTES = 16
 FAST_WIDTH = 512  # rows up to this many bytes get the vectorised id; longer ones BLAKE3
 RECORD = np.dtype(
-    [("id", "<u8", (2,)), ("label", "<i4"), ("key", "<u8"), ("row", "<i8"), ("length", "<i8")]
+    [("id", "<u8"), ("label", "<i4"), ("length", "<i4"), ("key", "<u8"), ("row", "<i8")]
 )
 CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
-ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
 EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
 NO_LABEL = -1
@@ -154,10 +154,17 @@ def diff_datasets(
     key: str | None = None,
     workdir: str | os.PathLike[str] | None = None,
 ) -> DiffResult:
-    """Compare two dataset versions; spill space comes from `workdir` (default: system temp)."""
+    """Compare two dataset versions; spill space comes from `workdir` (default: system temp).
+    OLD and NEW are digested at the same time on two threads: parsing, hashing and sorting
+    run in Arrow and numpy, which release the GIL."""
     with tempfile.TemporaryDirectory(prefix="bastion-diff-", dir=workdir) as spill:
-        old_digest = digest_dataset(open_rows(old, label=label, key=key), Path(spill) / "old")
-        new_digest = digest_dataset(open_rows(new, label=label, key=key), Path(spill) / "new")
+        sources = (open_rows(old, label=label, key=key), open_rows(new, label=label, key=key))
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-diff") as pool:
+            futures = [
+                pool.submit(digest_dataset, rows, Path(spill) / side)
+                for rows, side in zip(sources, ("old", "new"), strict=True)
+            ]
+            old_digest, new_digest = (future.result() for future in futures)
         changed = changed_leaves(old_digest, new_digest)
         removed, added = _bucket_differences(old_digest, new_digest, changed)
     removed_rows, added_rows, modified = _pair(removed, added, old_digest, new_digest, key)
@@ -190,7 +197,7 @@ class Spill:
                 open(self.folder / f"{bucket:03d}.bin", "ab") as bytes_file,
             ):
                 for records, data in parts:
-                    records_file.write(records.tobytes())
+                    records_file.write(records)
                     bytes_file.write(data)
             self.on_disk.add(bucket)
             parts.clear()
@@ -212,26 +219,28 @@ def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
     """Bucket every row (record + bytes), spilling to `spill_folder` when large; digest."""
     spill = Spill(spill_folder, SPILL_BYTES)
     labels: dict[str, int] = {}
-    counts: Counter[int] = Counter()
+    counts = np.zeros(0, dtype=np.int64)
     total = 0
     for chunk in rows.chunks:
         records, blob = _records(chunk, labels, total)
         labelled = records["label"][records["label"] != NO_LABEL]
-        counts.update(dict(enumerate(np.bincount(labelled).tolist())))
+        found = np.bincount(labelled, minlength=len(labels))
+        counts = np.pad(counts, (0, len(found) - len(counts))) + found
         _spill(records, blob, spill)
         total += len(records)
     names = list(labels)
+    label_ids = _label_ids(names)
     leaves: list[bytes] = []
     for bucket in range(BUCKETS):
-        leaves.extend(_leaf_digests(*spill.read(bucket), _label_ids(names)))
+        leaves.extend(_leaf_digests(*spill.read(bucket), label_ids))
     tree = merkle_levels(_bucket_nodes(leaves))
-    root = sha256(b"bastion-dataset-v2\0" + rows.schema.encode() + b"\0" + tree[-1][0])
+    root = sha256(b"bastion-dataset-v3\0" + rows.schema.encode() + b"\0" + tree[-1][0])
     return DatasetDigest(
         path=str(rows.path),
         rows=total,
         root="sha256:" + root.hexdigest(),
         schema=rows.schema,
-        class_counts={names[code]: int(n) for code, n in sorted(counts.items()) if n},
+        class_counts={names[code]: int(n) for code, n in enumerate(counts.tolist()) if n},
         leaves=leaves,
         tree=tree,
         spill=spill,
@@ -250,50 +259,59 @@ def _binary(data: Any, offsets: np.ndarray) -> pa.Array:
     )
 
 
+def _offsets(rows: pa.Array) -> np.ndarray:
+    _, offsets_buffer, _ = rows.buffers()
+    return np.frombuffer(offsets_buffer, np.int64)[rows.offset : rows.offset + len(rows) + 1]
+
+
+def _values(rows: pa.Array) -> np.ndarray:
+    data = rows.buffers()[2]
+    return np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+
+
 def _fmix(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser: every input bit affects every output bit."""
-    values = values ^ (values >> np.uint64(33))
-    values = values * np.uint64(0xFF51AFD7ED558CCD)
-    values = values ^ (values >> np.uint64(33))
-    values = values * np.uint64(0xC4CEB9FE1A85EC53)
-    return values ^ (values >> np.uint64(33))
+    """MurmurHash3's 64-bit finaliser: every input bit affects every output bit (in place)."""
+    values ^= values >> np.uint64(33)
+    values *= np.uint64(0xFF51AFD7ED558CCD)
+    values ^= values >> np.uint64(33)
+    values *= np.uint64(0xC4CEB9FE1A85EC53)
+    values ^= values >> np.uint64(33)
+    return values
 
 
 def row_ids(rows: pa.Array) -> np.ndarray:
-    """A 128-bit id per row, (n, 2) uint64, computed for all rows at once: short rows are
-    zero-padded to 8-byte words and mixed word by word; rows over FAST_WIDTH bytes take
-    BLAKE3's first 16 bytes. Ids order and bucket rows; they are not the integrity check
-    (the leaf digests hash the bytes themselves)."""
+    """A 64-bit id per row of a large_binary array, computed for all rows at once: short
+    rows are zero-padded to 8-byte words and mixed word by word; rows over FAST_WIDTH bytes
+    take BLAKE3's first 8 bytes. Ids only bucket and order rows: integrity rests on the
+    BLAKE3 leaf digests over the bytes, and equal ids are confirmed byte by byte."""
     n = len(rows)
-    ids = np.zeros((n, 2), dtype=np.uint64)
+    ids = np.zeros(n, dtype=np.uint64)
     if n == 0:
         return ids
-    _, offsets_buffer, data_buffer = rows.buffers()
-    offsets = np.frombuffer(offsets_buffer, np.int64)[rows.offset : rows.offset + n + 1]
-    raw = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    offsets, raw = _offsets(rows), _values(rows)
     lengths = np.diff(offsets)
-    long_rows = np.flatnonzero(lengths > FAST_WIDTH)
-    for row in long_rows.tolist():
-        digest = blake3(raw[offsets[row] : offsets[row + 1]]).digest(HASH_BYTES)
-        ids[row] = np.frombuffer(digest, np.uint64)
     short = lengths <= FAST_WIDTH
+    for row in np.flatnonzero(~short).tolist():
+        digest = blake3(raw[offsets[row] : offsets[row + 1]]).digest(8)
+        ids[row] = np.frombuffer(digest, np.uint64)[0]
     if not short.any():
         return ids
     width = max(8, int(-(-int(lengths[short].max()) // 8) * 8))
     padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(width, np.uint8)])
     starts = (offsets[:-1] - offsets[0])[short]
     words = np.lib.stride_tricks.sliding_window_view(padded, width)[starts].view("<u8")
-    size = lengths[short]
-    first = _fmix(size.astype(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
-    second = _fmix(size.astype(np.uint64) ^ np.uint64(0xC2B2AE3D27D4EB4F))
+    size = lengths[short].astype(np.uint64)
+    mixed = _fmix(size ^ np.uint64(0x9E3779B97F4A7C15))
     for column in range(words.shape[1]):
+        word = words[:, column]
         # keep only this row's bytes of the word: the window runs into the next row
-        valid = np.clip(size - 8 * column, 0, 8).astype(np.uint64)
-        keep = np.where(valid == 8, ALL_ONES, (np.uint64(1) << (valid * np.uint64(8))) - 1)
-        word = words[:, column] & keep
-        first = _fmix(first ^ word)
-        second = _fmix((second + word) * np.uint64(0x87C37B91114253D5))
-    ids[short, 0], ids[short, 1] = first, second
+        partial = (size > 8 * column) & (size < 8 * (column + 1))
+        word = np.where(size >= 8 * (column + 1), word, 0)
+        tail = (size[partial] - np.uint64(8 * column)) * np.uint64(8)
+        word[partial] = words[partial, column] & ((np.uint64(1) << tail) - np.uint64(1))
+        mixed ^= word
+        _fmix(mixed)
+    ids[short] = mixed
     return ids
 
 
@@ -301,12 +319,11 @@ def _records(
     chunk: RowChunk, labels: dict[str, int], first_row: int
 ) -> tuple[np.ndarray, pa.Array]:
     rows = _binary(chunk.data, chunk.offsets)
-    ids = row_ids(rows)
-    records = np.empty(len(ids), dtype=RECORD)
-    records["id"] = ids
+    records = np.empty(len(rows), dtype=RECORD)
+    records["id"] = row_ids(rows)
     records["label"] = NO_LABEL if chunk.labels is None else _label_codes(chunk.labels, labels)
     records["key"] = _key_ids(chunk.keys) if chunk.keys is not None else 0
-    records["row"] = np.arange(first_row, first_row + len(ids))
+    records["row"] = np.arange(first_row, first_row + len(rows))
     records["length"] = np.diff(chunk.offsets)
     return records, rows
 
@@ -324,7 +341,7 @@ def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
 def _key_ids(keys: pa.Array) -> np.ndarray:
     """64-bit ids for pairing removed and added rows by key; integrity never rests on them
     (the row bytes include the key column)."""
-    return row_ids(pc.cast(keys, pa.large_binary()))[:, 0]
+    return row_ids(pc.cast(keys, pa.large_binary()))
 
 
 def _label_ids(names: list[str]) -> np.ndarray:
@@ -337,64 +354,63 @@ def _label_ids(names: list[str]) -> np.ndarray:
 
 
 def _spill(records: np.ndarray, rows: pa.Array, spill: Spill) -> None:
-    buckets = (records["id"][:, 0] >> np.uint64(56)).astype(np.int64)
-    order = np.argsort(buckets, kind="stable")
+    buckets = (records["id"] >> np.uint64(56)).astype(np.uint8)
+    order = np.argsort(buckets, kind="stable")  # a radix sort for 8-bit keys
     bounds = np.searchsorted(buckets[order], np.arange(BUCKETS + 1))
     ordered = records[order]
     taken = pc.take(rows, pa.array(order))
-    _, offsets_buffer, data_buffer = taken.buffers()
-    offsets = np.frombuffer(offsets_buffer, np.int64)[taken.offset : taken.offset + len(taken) + 1]
-    data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+    offsets = _offsets(taken)
+    data = memoryview(_values(taken))
     for b in np.flatnonzero(np.diff(bounds)).tolist():
         lo, hi = bounds[b], bounds[b + 1]
         spill.add(b, ordered[lo:hi], data[offsets[lo] : offsets[hi]])  # a view, no copy
 
 
 def _leaf_of(records: np.ndarray) -> np.ndarray:
-    return ((records["id"][:, 0] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
+    return ((records["id"] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
 
 
-def _sorted_bucket(
-    records: np.ndarray, data: np.ndarray, label_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The bucket in canonical order (row id, then label): records, label ids, row offsets
-    and the row bytes, so that equal multisets of rows give equal bytes."""
-    labels = label_ids[records["label"]]
-    order = np.argsort(records["id"][:, 0], kind="stable")
-    first = records["id"][order, 0]
-    if len(first) > 1 and np.any(first[1:] == first[:-1]):  # duplicates: order them fully
-        order = np.lexsort((labels[:, 1], labels[:, 0], records["id"][:, 1], records["id"][:, 0]))
+def _row_offsets(records: np.ndarray) -> np.ndarray:
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
     np.cumsum(records["length"], out=offsets[1:])
-    rows = _binary(data, offsets)
-    taken = pc.take(rows, pa.array(order))
-    _, offsets_buffer, data_buffer = taken.buffers()
-    sorted_offsets = np.frombuffer(offsets_buffer, np.int64)[: len(order) + 1]
-    sorted_data = (
-        np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    return offsets
+
+
+def _canonical_order(records: np.ndarray, labels: np.ndarray, rows: pa.Array) -> np.ndarray:
+    """Rows by id; rows that share an id (duplicates, or a collision) further by label hash
+    and then by their bytes, so that the order depends only on the multiset of rows."""
+    order = np.argsort(records["id"])
+    ids = records["id"][order]
+    if len(ids) < 2 or not np.any(ids[1:] == ids[:-1]):
+        return order
+    table = pa.table(
+        {"id": records["id"], "l0": labels[:, 0], "l1": labels[:, 1], "bytes": rows}
     )
-    return records[order], labels[order], sorted_offsets, sorted_data
+    keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
+    return pc.sort_indices(table, sort_keys=keys).to_numpy()
 
 
 def _leaf_digests(records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> list[bytes]:
-    """BLAKE3 of each leaf: its row count, the rows' lengths, bytes and label hashes."""
-    ordered, labels, offsets, body = _sorted_bucket(records, data, label_ids)
+    """BLAKE3 of each leaf: its row count, then the rows' lengths, bytes and label hashes, in
+    canonical order, so equal multisets of rows give equal leaves."""
+    labels = label_ids[records["label"]]
+    rows = _binary(data, _row_offsets(records))
+    order = _canonical_order(records, labels, rows)
+    ordered, labels = records[order], labels[order]
+    taken = pc.take(rows, pa.array(order))
+    offsets, body = _offsets(taken), _values(taken)
     bounds = np.searchsorted(_leaf_of(ordered), np.arange(LEAVES_PER_BUCKET + 1))
-    lengths = ordered["length"]
+    lengths = np.ascontiguousarray(ordered["length"]).view(np.uint8).reshape(-1, 4)
+    labels = np.ascontiguousarray(labels).view(np.uint8)
     digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
     for leaf in np.flatnonzero(np.diff(bounds)).tolist():
         lo, hi = int(bounds[leaf]), int(bounds[leaf + 1])
         hasher = blake3((hi - lo).to_bytes(8, "big"))
-        hasher.update(lengths[lo:hi].tobytes())
+        hasher.update(lengths[lo:hi])
         hasher.update(body[offsets[lo] : offsets[hi]])
-        hasher.update(labels[lo:hi].tobytes())
+        hasher.update(labels[lo:hi])
         digests[leaf] = hasher.digest()
     return digests
-
-
-def _sort_order(entries: np.ndarray) -> np.ndarray:
-    words = entries.view(">u8")  # big-endian words: lexicographic byte order
-    return np.lexsort(words.T[::-1])
 
 
 def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
@@ -442,22 +458,70 @@ def changed_leaves(old: DatasetDigest, new: DatasetDigest) -> list[int]:
     ]
 
 
+@dataclass
+class _Side:
+    """The rows of one version that lie in the changed leaves of one bucket."""
+
+    records: np.ndarray
+    rows: pa.Array  # their bytes
+    labels: np.ndarray  # (n, 2) label hashes
+
+    @classmethod
+    def of(cls, digest: DatasetDigest, bucket: int, leaves: list[int]) -> _Side:
+        records, data = digest.spill.read(bucket)
+        picked = np.flatnonzero(np.isin(_leaf_of(records), leaves))
+        rows = pc.take(_binary(data, _row_offsets(records)), pa.array(picked))
+        return cls(records[picked], rows, _label_ids(digest.labels)[records["label"][picked]])
+
+    def entries(self, content: np.ndarray, width: int) -> np.ndarray:
+        """(n, width + 16) bytes per row: `content` (id or hash), then the label hash."""
+        labels = np.ascontiguousarray(self.labels).view(np.uint8).reshape(-1, 2 * 8)
+        return np.hstack([content.reshape(len(self.records), width), labels])
+
+    def changed(self, indices: np.ndarray) -> np.ndarray:
+        """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
+        rows = np.empty(len(indices), dtype=CHANGED)
+        rows["c"] = np.frombuffer(_content_hashes(self.rows, indices), dtype=f"V{HASH_BYTES}")
+        for name in ("label", "key", "row"):
+            rows[name] = self.records[name][indices]
+        return rows
+
+
+def _content_hashes(rows: pa.Array, indices: np.ndarray) -> bytes:
+    offsets, body = _offsets(rows), _values(rows)
+    return b"".join(
+        blake3(body[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in indices.tolist()
+    )
+
+
 def _bucket_differences(
     old: DatasetDigest, new: DatasetDigest, leaves: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the changed leaves only, compared by BLAKE3 of their bytes and their label."""
+    """Rows of the changed leaves only. Rows are matched by (id, label) and every match is
+    confirmed by comparing the bytes; where an id collision makes a match false, the bucket
+    is compared by BLAKE3 of every row instead. Only unmatched rows are hashed."""
     removed, added = [], []
     by_bucket: dict[int, list[int]] = {}
     for leaf in leaves:
         by_bucket.setdefault(leaf // LEAVES_PER_BUCKET, []).append(leaf % LEAVES_PER_BUCKET)
     for bucket, wanted in by_bucket.items():
-        old_rows = _changed_rows(old, bucket, wanted)
-        new_rows = _changed_rows(new, bucket, wanted)
-        gone, came = _multiset_difference(
-            _entries(old_rows, _label_ids(old.labels)), _entries(new_rows, _label_ids(new.labels))
-        )
-        removed.append(old_rows[gone])
-        added.append(new_rows[came])
+        before, after = _Side.of(old, bucket, wanted), _Side.of(new, bucket, wanted)
+        as_ids = [
+            side.entries(np.ascontiguousarray(side.records["id"]).view(np.uint8), 8)
+            for side in (before, after)
+        ]
+        gone, came, pairs = _multiset_difference(*as_ids)
+        if not _same_bytes(before.rows, after.rows, pairs):
+            hashed = [
+                side.entries(
+                    np.frombuffer(_content_hashes(side.rows, np.arange(len(side.rows))), np.uint8),
+                    HASH_BYTES,
+                )
+                for side in (before, after)
+            ]
+            gone, came, _ = _multiset_difference(*hashed)
+        removed.append(before.changed(gone))
+        added.append(after.changed(came))
     empty = np.empty(0, dtype=CHANGED)
     return (
         np.concatenate(removed) if removed else empty,
@@ -465,30 +529,26 @@ def _bucket_differences(
     )
 
 
-def _changed_rows(digest: DatasetDigest, bucket: int, leaves: list[int]) -> np.ndarray:
-    records, data = digest.spill.read(bucket)
-    offsets = np.zeros(len(records) + 1, dtype=np.int64)
-    np.cumsum(records["length"], out=offsets[1:])
-    picked = np.flatnonzero(np.isin(_leaf_of(records), leaves))
-    hashes = b"".join(
-        blake3(data[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in picked.tolist()
-    )
-    rows = np.empty(len(picked), dtype=CHANGED)
-    rows["c"] = np.frombuffer(hashes, dtype=f"V{HASH_BYTES}")
-    for name in ("label", "key", "row"):
-        rows[name] = records[name][picked]
-    return rows
+def _same_bytes(old: pa.Array, new: pa.Array, pairs: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether every matched pair of rows is byte for byte equal (natively compared)."""
+    old_index, new_index = pairs
+    if len(old_index) == 0:
+        return True
+    equal = pc.equal(pc.take(old, pa.array(old_index)), pc.take(new, pa.array(new_index)))
+    return bool(pc.all(equal).as_py())
 
 
-def _entries(rows: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
-    """(n, 32) bytes per row: content hash, then label hash."""
-    content = np.ascontiguousarray(rows["c"]).view(np.uint8).reshape(-1, HASH_BYTES)
-    return np.hstack([content, label_ids[rows["label"]].view(np.uint8).reshape(-1, HASH_BYTES)])
+def _sort_order(entries: np.ndarray) -> np.ndarray:
+    words = np.ascontiguousarray(entries).view(">u8")  # big-endian words: byte order
+    return np.lexsort(words.T[::-1])
 
 
-def _multiset_difference(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of old entries without a partner in new, and of new entries without one in
-    old; an entry present k times in old and m times in new leaves |k - m| unmatched."""
+def _multiset_difference(
+    old: np.ndarray, new: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Indices of old entries without a partner in new, of new entries without one in old
+    (an entry present k times in old and m times in new leaves |k - m| unmatched), and the
+    matched pairs as (old indices, new indices)."""
     both = np.vstack([old, new])
     side = np.concatenate([np.zeros(len(old), np.int8), np.ones(len(new), np.int8)])
     order = _sort_order(both)
@@ -500,9 +560,14 @@ def _multiset_difference(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, 
     in_old = np.bincount(group, weights=sides == 0).astype(np.int64)
     in_new = np.bincount(group, weights=sides == 1).astype(np.int64)
     rank = _rank_within(group, sides)
-    unmatched_old = (sides == 0) & (rank >= in_new[group])
-    unmatched_new = (sides == 1) & (rank >= in_old[group])
-    return order[unmatched_old], order[unmatched_new] - len(old)
+    from_old, from_new = sides == 0, sides == 1
+    unmatched_old = from_old & (rank >= in_new[group])
+    unmatched_new = from_new & (rank >= in_old[group])
+    matched_old, matched_new = from_old & ~unmatched_old, from_new & ~unmatched_new
+    # the k-th old and the k-th new entry of a group are a pair: align both by (group, rank)
+    old_pairs = order[matched_old][np.lexsort((rank[matched_old], group[matched_old]))]
+    new_pairs = order[matched_new][np.lexsort((rank[matched_new], group[matched_new]))]
+    return order[unmatched_old], order[unmatched_new] - len(old), (old_pairs, new_pairs - len(old))
 
 
 def _rank_within(group: np.ndarray, sides: np.ndarray) -> np.ndarray:

@@ -26,8 +26,9 @@ from bastion.errors import InputError
 
 SEPARATOR = "\x1f"
 NULL = "\\N"
-CSV_BLOCK = 2 << 20  # Arrow reads ahead several blocks; small blocks keep that bounded
+CSV_BLOCK = 4 << 20  # Arrow parses blocks on its threads and reads a few ahead: bounded
 CHUNK_ROWS = 65536
+BACKSLASH, UNIT_SEPARATOR = 0x5C, 0x1F
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _csv_batches(source: Path) -> Iterator[pa.RecordBatch]:
     try:
         reader = pacsv.open_csv(
             source,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
                 strings_can_be_null=False,
@@ -178,12 +179,19 @@ def _text_column(column: pa.Array) -> pa.Array:
             column = pc.cast(column, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise InputError(f"cannot compare values of type {column.type}") from None
-    # Scanning is cheaper than rewriting: escape only columns that hold either character.
-    if pc.any(pc.match_substring(column, "\\")).as_py():
+    # Scanning the value bytes is cheaper than rewriting: escape only columns that hold either
+    # character (the scan may cover bytes past this slice; escaping then changes nothing).
+    if _holds(column, BACKSLASH):
         column = pc.replace_substring(column, "\\", "\\\\")
-    if pc.any(pc.match_substring(column, SEPARATOR)).as_py():
+    if _holds(column, UNIT_SEPARATOR):
         column = pc.replace_substring(column, SEPARATOR, "\\u001f")
     return column
+
+
+def _holds(column: pa.Array, byte: int) -> bool:
+    """Whether any value of a string column contains `byte`: one native scan of its data."""
+    data = column.buffers()[2]
+    return data is not None and bool(np.any(np.frombuffer(data, np.uint8) == byte))
 
 
 def _table_chunk(
