@@ -25,7 +25,9 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -48,6 +50,7 @@ RECORD = np.dtype(
     [("id", "<u8"), ("label", "<i4"), ("length", "<i4"), ("key", "<u8"), ("row", "<i8")]
 )
 CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
+KINDS = ("rec", "bin")  # a spill run's two files: records, then the rows' bytes
 SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
 EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
 NO_LABEL = -1
@@ -72,7 +75,6 @@ class DatasetDigest:
     class_counts: dict[str, int]
     leaves: list[bytes] = field(repr=False, default_factory=list)  # 65536 leaf digests
     tree: list[list[bytes]] = field(repr=False, default_factory=list)  # over the 256 buckets
-    spill: Spill | None = field(repr=False, default=None)  # the rows, by bucket
     labels: list[str] = field(repr=False, default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -155,31 +157,40 @@ def diff_datasets(
     workdir: str | os.PathLike[str] | None = None,
 ) -> DiffResult:
     """Compare two dataset versions; spill space comes from `workdir` (default: system temp).
-    OLD and NEW are digested at the same time on two threads: parsing, hashing and sorting
-    run in Arrow and numpy, which release the GIL."""
+    Both versions are bucketed at the same time on two threads (parsing, hashing and sorting
+    run in Arrow and numpy, which release the GIL); then each bucket of both is read once,
+    to digest its leaves and, where leaves differ, to find the changed rows."""
     with tempfile.TemporaryDirectory(prefix="bastion-diff-", dir=workdir) as spill:
         sources = (open_rows(old, label=label, key=key), open_rows(new, label=label, key=key))
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-diff") as pool:
             futures = [
-                pool.submit(digest_dataset, rows, Path(spill) / side)
+                pool.submit(spill_rows, rows, Path(spill) / side)
                 for rows, side in zip(sources, ("old", "new"), strict=True)
             ]
-            old_digest, new_digest = (future.result() for future in futures)
-        changed = changed_leaves(old_digest, new_digest)
-        removed, added = _bucket_differences(old_digest, new_digest, changed)
+            before, after = (future.result() for future in futures)
+            with before.spill.opened(), after.spill.opened():
+                compared = list(
+                    pool.map(lambda b: _compare_bucket(before, after, b), range(BUCKETS))
+                )
+    old_digest = before.digest([leaf for old_leaves, *_ in compared for leaf in old_leaves])
+    new_digest = after.digest([leaf for _, new_leaves, *_ in compared for leaf in new_leaves])
+    changed = changed_leaves(old_digest, new_digest)
+    removed = np.concatenate([gone for *_, gone, _ in compared])
+    added = np.concatenate([came for *_, came in compared])
     removed_rows, added_rows, modified = _pair(removed, added, old_digest, new_digest, key)
     return DiffResult(old_digest, new_digest, added_rows, removed_rows, modified, len(changed))
 
 
 class Spill:
-    """Rows by bucket: held in memory, and written to per-bucket files in `folder` only once
-    they pass `limit` bytes, so small datasets never touch the disk and large ones stay
-    within bounded memory."""
+    """Rows by bucket: held in memory, and written out as one run (a records file and a
+    bytes file, bucket after bucket) each time they pass `limit` bytes, so small datasets
+    never touch the disk and large ones stay within bounded memory."""
 
     def __init__(self, folder: Path, limit: int) -> None:
         self.folder, self.limit, self.held = folder, limit, 0
         self.parts: list[list[tuple[np.ndarray, memoryview]]] = [[] for _ in range(BUCKETS)]
-        self.on_disk: set[int] = set()
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # per run: byte bounds by bucket
+        self.handles: list[tuple[int, int]] = []
 
     def add(self, bucket: int, records: np.ndarray, data: memoryview) -> None:
         self.parts[bucket].append((records, data))
@@ -189,34 +200,89 @@ class Spill:
 
     def flush(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for bucket, parts in enumerate(self.parts):
-            if not parts:
-                continue
-            with (
-                open(self.folder / f"{bucket:03d}.rec", "ab") as records_file,
-                open(self.folder / f"{bucket:03d}.bin", "ab") as bytes_file,
-            ):
+        run = len(self.runs)
+        record_bounds = np.zeros(BUCKETS + 1, np.int64)
+        byte_bounds = np.zeros(BUCKETS + 1, np.int64)
+        with (
+            open(self.folder / f"{run:05d}.rec", "wb") as records_file,
+            open(self.folder / f"{run:05d}.bin", "wb") as bytes_file,
+        ):
+            for bucket, parts in enumerate(self.parts):
                 for records, data in parts:
                     records_file.write(records)
                     bytes_file.write(data)
-            self.on_disk.add(bucket)
-            parts.clear()
+                record_bounds[bucket + 1] = record_bounds[bucket] + sum(r.nbytes for r, _ in parts)
+                byte_bounds[bucket + 1] = byte_bounds[bucket] + sum(len(d) for _, d in parts)
+                parts.clear()
+        self.runs.append((record_bounds, byte_bounds))
         self.held = 0
 
+    @contextmanager
+    def opened(self) -> Iterator[None]:
+        """Keep every run open while buckets are read (os.pread: safe from several threads)."""
+        for run in range(len(self.runs)):
+            self.handles.append(
+                tuple(os.open(self.folder / f"{run:05d}.{kind}", os.O_RDONLY) for kind in KINDS)
+            )
+        try:
+            yield
+        finally:
+            for handle in self.handles:
+                for fd in handle:
+                    os.close(fd)
+            self.handles.clear()
+
     def read(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
-        records = [r for r, _ in self.parts[bucket]]
-        data = [np.frombuffer(d, np.uint8) for _, d in self.parts[bucket]]
-        if bucket in self.on_disk:
-            records.insert(0, np.fromfile(self.folder / f"{bucket:03d}.rec", dtype=RECORD))
-            data.insert(0, np.fromfile(self.folder / f"{bucket:03d}.bin", dtype=np.uint8))
+        records, data = [], []
+        for bounds, handle in zip(self.runs, self.handles, strict=True):
+            for part, (lo, hi), fd in zip(
+                (records, data), (b[bucket : bucket + 2] for b in bounds), handle, strict=True
+            ):
+                part.append(os.pread(fd, int(hi - lo), int(lo)))
+        records = [np.frombuffer(r, RECORD) for r in records]
+        data = [np.frombuffer(d, np.uint8) for d in data]
+        records += [r for r, _ in self.parts[bucket]]
+        data += [np.frombuffer(d, np.uint8) for _, d in self.parts[bucket]]
         return (
             np.concatenate(records) if records else np.empty(0, RECORD),
             np.concatenate(data) if data else np.zeros(0, np.uint8),
         )
 
 
-def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
-    """Bucket every row (record + bytes), spilling to `spill_folder` when large; digest."""
+@dataclass
+class Spilled:
+    """One version bucketed: its rows on disk (or in memory), label names and counts."""
+
+    path: str
+    schema: str
+    rows: int
+    spill: Spill
+    labels: list[str]
+    counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.label_ids = _label_ids(self.labels)
+
+    def bucket(self, bucket: int) -> Bucket:
+        return Bucket.sorted(*self.spill.read(bucket), self.label_ids)
+
+    def digest(self, leaves: list[bytes]) -> DatasetDigest:
+        tree = merkle_levels(_bucket_nodes(leaves))
+        root = sha256(b"bastion-dataset-v3\0" + self.schema.encode() + b"\0" + tree[-1][0])
+        return DatasetDigest(
+            path=self.path,
+            rows=self.rows,
+            root="sha256:" + root.hexdigest(),
+            schema=self.schema,
+            class_counts={self.labels[c]: int(n) for c, n in enumerate(self.counts.tolist()) if n},
+            leaves=leaves,
+            tree=tree,
+            labels=self.labels,
+        )
+
+
+def spill_rows(rows: RowSource, spill_folder: Path) -> Spilled:
+    """Bucket every row (record + bytes), spilling to `spill_folder` when large."""
     spill = Spill(spill_folder, SPILL_BYTES)
     labels: dict[str, int] = {}
     counts = np.zeros(0, dtype=np.int64)
@@ -228,24 +294,14 @@ def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
         counts = np.pad(counts, (0, len(found) - len(counts))) + found
         _spill(records, blob, spill)
         total += len(records)
-    names = list(labels)
-    label_ids = _label_ids(names)
-    leaves: list[bytes] = []
-    for bucket in range(BUCKETS):
-        leaves.extend(_leaf_digests(*spill.read(bucket), label_ids))
-    tree = merkle_levels(_bucket_nodes(leaves))
-    root = sha256(b"bastion-dataset-v3\0" + rows.schema.encode() + b"\0" + tree[-1][0])
-    return DatasetDigest(
-        path=str(rows.path),
-        rows=total,
-        root="sha256:" + root.hexdigest(),
-        schema=rows.schema,
-        class_counts={names[code]: int(n) for code, n in enumerate(counts.tolist()) if n},
-        leaves=leaves,
-        tree=tree,
-        spill=spill,
-        labels=names,
-    )
+    return Spilled(str(rows.path), rows.schema, total, spill, list(labels), counts)
+
+
+def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
+    """One version's digest: its rows bucketed, then each bucket's 256 leaf digests."""
+    spilled = spill_rows(rows, spill_folder)
+    with spilled.spill.opened():
+        return spilled.digest([leaf for b in range(BUCKETS) for leaf in spilled.bucket(b).leaves()])
 
 
 def _binary(data: Any, offsets: np.ndarray) -> pa.Array:
@@ -376,41 +432,77 @@ def _row_offsets(records: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def _canonical_order(records: np.ndarray, labels: np.ndarray, rows: pa.Array) -> np.ndarray:
-    """Rows by id; rows that share an id (duplicates, or a collision) further by label hash
-    and then by their bytes, so that the order depends only on the multiset of rows."""
-    order = np.argsort(records["id"])
-    ids = records["id"][order]
-    if len(ids) < 2 or not np.any(ids[1:] == ids[:-1]):
-        return order
-    table = pa.table(
-        {"id": records["id"], "l0": labels[:, 0], "l1": labels[:, 1], "bytes": rows}
-    )
-    keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
-    return pc.sort_indices(table, sort_keys=keys).to_numpy()
+@dataclass
+class Bucket:
+    """One bucket of one version in canonical order: by row id, and where ids are shared
+    (duplicates, or a collision) by label hash and then by the bytes, so that the order
+    depends only on the multiset of rows."""
 
+    records: np.ndarray
+    rows: pa.Array  # the rows' bytes, in the same order
+    labels: np.ndarray  # (n, 2) label hashes
 
-def _leaf_digests(records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> list[bytes]:
-    """BLAKE3 of each leaf: its row count, then the rows' lengths, bytes and label hashes, in
-    canonical order, so equal multisets of rows give equal leaves."""
-    labels = label_ids[records["label"]]
-    rows = _binary(data, _row_offsets(records))
-    order = _canonical_order(records, labels, rows)
-    ordered, labels = records[order], labels[order]
-    taken = pc.take(rows, pa.array(order))
-    offsets, body = _offsets(taken), _values(taken)
-    bounds = np.searchsorted(_leaf_of(ordered), np.arange(LEAVES_PER_BUCKET + 1))
-    lengths = np.ascontiguousarray(ordered["length"]).view(np.uint8).reshape(-1, 4)
-    labels = np.ascontiguousarray(labels).view(np.uint8)
-    digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
-    for leaf in np.flatnonzero(np.diff(bounds)).tolist():
-        lo, hi = int(bounds[leaf]), int(bounds[leaf + 1])
-        hasher = blake3((hi - lo).to_bytes(8, "big"))
-        hasher.update(lengths[lo:hi])
-        hasher.update(body[offsets[lo] : offsets[hi]])
-        hasher.update(labels[lo:hi])
-        digests[leaf] = hasher.digest()
-    return digests
+    @classmethod
+    def sorted(cls, records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> Bucket:
+        labels = label_ids[records["label"]]
+        rows = _binary(data, _row_offsets(records))
+        order = np.argsort(records["id"])
+        ids = records["id"][order]
+        if len(ids) > 1 and np.any(ids[1:] == ids[:-1]):
+            table = pa.table(
+                {"id": records["id"], "l0": labels[:, 0], "l1": labels[:, 1], "bytes": rows}
+            )
+            keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
+            order = pc.sort_indices(table, sort_keys=keys).to_numpy()
+        return cls(records[order], pc.take(rows, pa.array(order)), labels[order])
+
+    def bounds(self) -> np.ndarray:
+        """Where each of the 256 leaves starts (rows are sorted by leaf, the id's 2nd byte)."""
+        return np.searchsorted(_leaf_of(self.records), np.arange(LEAVES_PER_BUCKET + 1))
+
+    def leaves(self) -> list[bytes]:
+        """BLAKE3 of each leaf: its row count, then the rows' lengths, bytes and label
+        hashes in canonical order, so equal multisets of rows give equal leaves."""
+        bounds = self.bounds()
+        offsets, body = _offsets(self.rows), _values(self.rows)
+        lengths = np.ascontiguousarray(self.records["length"]).view(np.uint8).reshape(-1, 4)
+        labels = np.ascontiguousarray(self.labels).view(np.uint8)
+        digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
+        for leaf in np.flatnonzero(np.diff(bounds)).tolist():
+            lo, hi = int(bounds[leaf]), int(bounds[leaf + 1])
+            hasher = blake3((hi - lo).to_bytes(8, "big"))
+            hasher.update(lengths[lo:hi])
+            hasher.update(body[offsets[lo] : offsets[hi]])
+            hasher.update(labels[lo:hi])
+            digests[leaf] = hasher.digest()
+        return digests
+
+    def only(self, leaves: list[int]) -> Bucket:
+        """The rows of the given leaves."""
+        picked = np.flatnonzero(np.isin(_leaf_of(self.records), leaves))
+        return Bucket(
+            self.records[picked], pc.take(self.rows, pa.array(picked)), self.labels[picked]
+        )
+
+    def entries(self, content: np.ndarray, width: int) -> np.ndarray:
+        """(n, width + 16) bytes per row: `content` (id or hash), then the label hash."""
+        labels = np.ascontiguousarray(self.labels).view(np.uint8).reshape(-1, 2 * 8)
+        return np.hstack([content.reshape(len(self.records), width), labels])
+
+    def by_id(self) -> np.ndarray:
+        return self.entries(np.ascontiguousarray(self.records["id"]).view(np.uint8), 8)
+
+    def by_content(self) -> np.ndarray:
+        hashes = _content_hashes(self.rows, np.arange(len(self.rows)))
+        return self.entries(np.frombuffer(hashes, np.uint8), HASH_BYTES)
+
+    def changed(self, indices: np.ndarray) -> np.ndarray:
+        """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
+        rows = np.empty(len(indices), dtype=CHANGED)
+        rows["c"] = np.frombuffer(_content_hashes(self.rows, indices), dtype=f"V{HASH_BYTES}")
+        for name in ("label", "key", "row"):
+            rows[name] = self.records[name][indices]
+        return rows
 
 
 def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:
@@ -458,35 +550,6 @@ def changed_leaves(old: DatasetDigest, new: DatasetDigest) -> list[int]:
     ]
 
 
-@dataclass
-class _Side:
-    """The rows of one version that lie in the changed leaves of one bucket."""
-
-    records: np.ndarray
-    rows: pa.Array  # their bytes
-    labels: np.ndarray  # (n, 2) label hashes
-
-    @classmethod
-    def of(cls, digest: DatasetDigest, bucket: int, leaves: list[int]) -> _Side:
-        records, data = digest.spill.read(bucket)
-        picked = np.flatnonzero(np.isin(_leaf_of(records), leaves))
-        rows = pc.take(_binary(data, _row_offsets(records)), pa.array(picked))
-        return cls(records[picked], rows, _label_ids(digest.labels)[records["label"][picked]])
-
-    def entries(self, content: np.ndarray, width: int) -> np.ndarray:
-        """(n, width + 16) bytes per row: `content` (id or hash), then the label hash."""
-        labels = np.ascontiguousarray(self.labels).view(np.uint8).reshape(-1, 2 * 8)
-        return np.hstack([content.reshape(len(self.records), width), labels])
-
-    def changed(self, indices: np.ndarray) -> np.ndarray:
-        """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
-        rows = np.empty(len(indices), dtype=CHANGED)
-        rows["c"] = np.frombuffer(_content_hashes(self.rows, indices), dtype=f"V{HASH_BYTES}")
-        for name in ("label", "key", "row"):
-            rows[name] = self.records[name][indices]
-        return rows
-
-
 def _content_hashes(rows: pa.Array, indices: np.ndarray) -> bytes:
     offsets, body = _offsets(rows), _values(rows)
     return b"".join(
@@ -494,39 +557,24 @@ def _content_hashes(rows: pa.Array, indices: np.ndarray) -> bytes:
     )
 
 
-def _bucket_differences(
-    old: DatasetDigest, new: DatasetDigest, leaves: list[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the changed leaves only. Rows are matched by (id, label) and every match is
-    confirmed by comparing the bytes; where an id collision makes a match false, the bucket
-    is compared by BLAKE3 of every row instead. Only unmatched rows are hashed."""
-    removed, added = [], []
-    by_bucket: dict[int, list[int]] = {}
-    for leaf in leaves:
-        by_bucket.setdefault(leaf // LEAVES_PER_BUCKET, []).append(leaf % LEAVES_PER_BUCKET)
-    for bucket, wanted in by_bucket.items():
-        before, after = _Side.of(old, bucket, wanted), _Side.of(new, bucket, wanted)
-        as_ids = [
-            side.entries(np.ascontiguousarray(side.records["id"]).view(np.uint8), 8)
-            for side in (before, after)
-        ]
-        gone, came, pairs = _multiset_difference(*as_ids)
-        if not _same_bytes(before.rows, after.rows, pairs):
-            hashed = [
-                side.entries(
-                    np.frombuffer(_content_hashes(side.rows, np.arange(len(side.rows))), np.uint8),
-                    HASH_BYTES,
-                )
-                for side in (before, after)
-            ]
-            gone, came, _ = _multiset_difference(*hashed)
-        removed.append(before.changed(gone))
-        added.append(after.changed(came))
-    empty = np.empty(0, dtype=CHANGED)
-    return (
-        np.concatenate(removed) if removed else empty,
-        np.concatenate(added) if added else empty,
-    )
+def _compare_bucket(
+    old: Spilled, new: Spilled, bucket: int
+) -> tuple[list[bytes], list[bytes], np.ndarray, np.ndarray]:
+    """Both versions' leaf digests of one bucket, and the removed and added rows of the
+    leaves that differ. Rows are matched by (id, label) and every match is confirmed by
+    comparing the bytes; where an id collision makes a match false, the leaves are compared
+    by BLAKE3 of every row instead. Only unmatched rows are hashed."""
+    before, after = old.bucket(bucket), new.bucket(bucket)
+    old_leaves, new_leaves = before.leaves(), after.leaves()
+    differ = [leaf for leaf in range(LEAVES_PER_BUCKET) if old_leaves[leaf] != new_leaves[leaf]]
+    if not differ:
+        empty = np.empty(0, dtype=CHANGED)
+        return old_leaves, new_leaves, empty, empty
+    before, after = before.only(differ), after.only(differ)
+    gone, came, pairs = _multiset_difference(before.by_id(), after.by_id())
+    if not _same_bytes(before.rows, after.rows, pairs):
+        gone, came, _ = _multiset_difference(before.by_content(), after.by_content())
+    return old_leaves, new_leaves, before.changed(gone), after.changed(came)
 
 
 def _same_bytes(old: pa.Array, new: pa.Array, pairs: tuple[np.ndarray, np.ndarray]) -> bool:
