@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bastion.data.dataset import IMAGE_SUFFIXES, TABLE_SUFFIXES
-from bastion.errors import InputError
+from bastion.errors import InputError, UsageError
 
 SEPARATOR = "\x1f"
 NULL = "\\N"
@@ -54,9 +54,14 @@ def open_rows(
     source = Path(path)
     if not source.exists():
         raise InputError(f"{source}: no such data file or folder")
+    suffix = source.suffix.lower()
+    if key is not None and (source.is_dir() or suffix == ".npz"):
+        raise UsageError(
+            f"{source}: --key names a column of a CSV, Parquet or JSONL file; .npz rows and "
+            "images have none (an image is keyed by its file name already)"
+        )
     if source.is_dir():
         return _image_rows(source)
-    suffix = source.suffix.lower()
     if suffix == ".npz":
         return _npz_rows(source)
     kind = TABLE_SUFFIXES.get(suffix)
