@@ -52,8 +52,10 @@ RECORD = np.dtype(
 CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), ("row", "<i8")])
 KINDS = ("rec", "bin")  # a spill run's two files: records, then the rows' bytes
 SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
-EMPTY_LEAF = blake3((0).to_bytes(8, "big")).digest()
+EMPTY_LEAF = blake3(b"").digest()
+FRAME = np.dtype([("length", "<u4"), ("label", "<u8", (2,))])  # before each row in a leaf
 NO_LABEL = -1
+ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 EXAMPLES = 20
 
 
@@ -336,10 +338,11 @@ def _fmix(values: np.ndarray) -> np.ndarray:
 
 
 def row_ids(rows: pa.Array) -> np.ndarray:
-    """A 64-bit id per row of a large_binary array, computed for all rows at once: short
-    rows are zero-padded to 8-byte words and mixed word by word; rows over FAST_WIDTH bytes
-    take BLAKE3's first 8 bytes. Ids only bucket and order rows: integrity rests on the
-    BLAKE3 leaf digests over the bytes, and equal ids are confirmed byte by byte."""
+    """A 64-bit id per row of a large_binary array, computed for all rows at once: rows up
+    to FAST_WIDTH bytes are read as little-endian 8-byte words (the last one zero-padded),
+    group by group of equal word count, and mixed word by word; longer rows take BLAKE3's
+    first 8 bytes. Ids only bucket and order rows: integrity rests on the BLAKE3 leaf
+    digests over the bytes, and rows matched by id are confirmed byte for byte."""
     n = len(rows)
     ids = np.zeros(n, dtype=np.uint64)
     if n == 0:
@@ -352,23 +355,34 @@ def row_ids(rows: pa.Array) -> np.ndarray:
         ids[row] = np.frombuffer(digest, np.uint64)[0]
     if not short.any():
         return ids
-    width = max(8, int(-(-int(lengths[short].max()) // 8) * 8))
-    padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(width, np.uint8)])
-    starts = (offsets[:-1] - offsets[0])[short]
-    words = np.lib.stride_tricks.sliding_window_view(padded, width)[starts].view("<u8")
-    size = lengths[short].astype(np.uint64)
-    mixed = _fmix(size ^ np.uint64(0x9E3779B97F4A7C15))
-    for column in range(words.shape[1]):
-        word = words[:, column]
-        # keep only this row's bytes of the word: the window runs into the next row
-        partial = (size > 8 * column) & (size < 8 * (column + 1))
-        word = np.where(size >= 8 * (column + 1), word, 0)
-        tail = (size[partial] - np.uint64(8 * column)) * np.uint64(8)
-        word[partial] = words[partial, column] & ((np.uint64(1) << tail) - np.uint64(1))
-        mixed ^= word
-        _fmix(mixed)
-    ids[short] = mixed
+    padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(FAST_WIDTH + 8, np.uint8)])
+    starts = offsets[:-1] - offsets[0]
+    words = np.where(short, (lengths + 7) // 8, 0).astype(np.uint8)
+    order = np.argsort(words, kind="stable")  # a radix sort: rows grouped by word count
+    bounds = np.searchsorted(words[order], np.arange(FAST_WIDTH // 8 + 2))
+    for count in range(FAST_WIDTH // 8 + 1):
+        group = order[bounds[count] : bounds[count + 1]]
+        if len(group):
+            ids[group] = _mix_words(padded, starts[group], lengths[group], count)
     return ids
+
+
+def _mix_words(
+    padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray, count: int
+) -> np.ndarray:
+    """Ids of rows that all span `count` 8-byte words; only the last word needs masking (its
+    window runs into the next row)."""
+    mixed = lengths.astype(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15)
+    if count:
+        matrix = np.lib.stride_tricks.sliding_window_view(padded, 8 * count)[starts]
+        words = matrix.view("<u8")
+        tail = (lengths - 8 * (count - 1)).astype(np.uint64) * np.uint64(8)  # 8..64 bits
+        last = words[:, count - 1] & (ALL_ONES >> (np.uint64(64) - tail))
+        for column in range(count):
+            mixed ^= words[:, column] if column < count - 1 else last
+            mixed *= np.uint64(0x87C37B91114253D5)
+            mixed ^= mixed >> np.uint64(29)
+    return _fmix(mixed)
 
 
 def _records(
@@ -436,11 +450,11 @@ def _row_offsets(records: np.ndarray) -> np.ndarray:
 class Bucket:
     """One bucket of one version in canonical order: by row id, and where ids are shared
     (duplicates, or a collision) by label hash and then by the bytes, so that the order
-    depends only on the multiset of rows."""
+    depends only on the multiset of rows. Each row is framed as its length (4 bytes), its
+    label hash (16 bytes), then its bytes: one self-delimiting string per row."""
 
     records: np.ndarray
-    rows: pa.Array  # the rows' bytes, in the same order
-    labels: np.ndarray  # (n, 2) label hashes
+    framed: pa.Array  # large_binary, one framed row each, in the same order
 
     @classmethod
     def sorted(cls, records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> Bucket:
@@ -454,52 +468,56 @@ class Bucket:
             )
             keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
             order = pc.sort_indices(table, sort_keys=keys).to_numpy()
-        return cls(records[order], pc.take(rows, pa.array(order)), labels[order])
-
-    def bounds(self) -> np.ndarray:
-        """Where each of the 256 leaves starts (rows are sorted by leaf, the id's 2nd byte)."""
-        return np.searchsorted(_leaf_of(self.records), np.arange(LEAVES_PER_BUCKET + 1))
+        frame = np.empty(len(records), dtype=FRAME)
+        frame["length"], frame["label"] = records["length"], labels
+        head = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(FRAME.itemsize), len(frame), [None, pa.py_buffer(frame)]
+        )
+        framed = pc.binary_join_element_wise(
+            pc.cast(head, pa.large_binary()), rows, pa.scalar(b"", pa.large_binary())
+        )
+        return cls(records[order], pc.take(framed, pa.array(order)))
 
     def leaves(self) -> list[bytes]:
-        """BLAKE3 of each leaf: its row count, then the rows' lengths, bytes and label
-        hashes in canonical order, so equal multisets of rows give equal leaves."""
-        bounds = self.bounds()
-        offsets, body = _offsets(self.rows), _values(self.rows)
-        lengths = np.ascontiguousarray(self.records["length"]).view(np.uint8).reshape(-1, 4)
-        labels = np.ascontiguousarray(self.labels).view(np.uint8)
+        """BLAKE3 of each leaf: its framed rows in canonical order, so equal multisets of
+        rows give equal leaves (rows sort by leaf, the id's second byte)."""
+        bounds = np.searchsorted(_leaf_of(self.records), np.arange(LEAVES_PER_BUCKET + 1))
+        offsets, body = _offsets(self.framed), _values(self.framed)
         digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
         for leaf in np.flatnonzero(np.diff(bounds)).tolist():
-            lo, hi = int(bounds[leaf]), int(bounds[leaf + 1])
-            hasher = blake3((hi - lo).to_bytes(8, "big"))
-            hasher.update(lengths[lo:hi])
-            hasher.update(body[offsets[lo] : offsets[hi]])
-            hasher.update(labels[lo:hi])
-            digests[leaf] = hasher.digest()
+            digests[leaf] = blake3(body[offsets[bounds[leaf]] : offsets[bounds[leaf + 1]]]).digest()
         return digests
 
     def only(self, leaves: list[int]) -> Bucket:
         """The rows of the given leaves."""
         picked = np.flatnonzero(np.isin(_leaf_of(self.records), leaves))
-        return Bucket(
-            self.records[picked], pc.take(self.rows, pa.array(picked)), self.labels[picked]
-        )
+        return Bucket(self.records[picked], pc.take(self.framed, pa.array(picked)))
 
     def entries(self, content: np.ndarray, width: int) -> np.ndarray:
         """(n, width + 16) bytes per row: `content` (id or hash), then the label hash."""
-        labels = np.ascontiguousarray(self.labels).view(np.uint8).reshape(-1, 2 * 8)
-        return np.hstack([content.reshape(len(self.records), width), labels])
+        offsets, body = _offsets(self.framed), _values(self.framed)
+        at = offsets[:-1, None] + np.arange(4, FRAME.itemsize)
+        return np.hstack([content.reshape(len(self.records), width), body[at]])
 
     def by_id(self) -> np.ndarray:
         return self.entries(np.ascontiguousarray(self.records["id"]).view(np.uint8), 8)
 
     def by_content(self) -> np.ndarray:
-        hashes = _content_hashes(self.rows, np.arange(len(self.rows)))
+        hashes = self.content_hashes(np.arange(len(self.records)))
         return self.entries(np.frombuffer(hashes, np.uint8), HASH_BYTES)
+
+    def content_hashes(self, indices: np.ndarray) -> bytes:
+        """BLAKE3 of the rows' bytes alone (without their frame), 16 bytes each."""
+        offsets, body = _offsets(self.framed), _values(self.framed)
+        return b"".join(
+            blake3(body[offsets[i] + FRAME.itemsize : offsets[i + 1]]).digest(HASH_BYTES)
+            for i in indices.tolist()
+        )
 
     def changed(self, indices: np.ndarray) -> np.ndarray:
         """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
         rows = np.empty(len(indices), dtype=CHANGED)
-        rows["c"] = np.frombuffer(_content_hashes(self.rows, indices), dtype=f"V{HASH_BYTES}")
+        rows["c"] = np.frombuffer(self.content_hashes(indices), dtype=f"V{HASH_BYTES}")
         for name in ("label", "key", "row"):
             rows[name] = self.records[name][indices]
         return rows
@@ -550,13 +568,6 @@ def changed_leaves(old: DatasetDigest, new: DatasetDigest) -> list[int]:
     ]
 
 
-def _content_hashes(rows: pa.Array, indices: np.ndarray) -> bytes:
-    offsets, body = _offsets(rows), _values(rows)
-    return b"".join(
-        blake3(body[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in indices.tolist()
-    )
-
-
 def _compare_bucket(
     old: Spilled, new: Spilled, bucket: int
 ) -> tuple[list[bytes], list[bytes], np.ndarray, np.ndarray]:
@@ -572,7 +583,7 @@ def _compare_bucket(
         return old_leaves, new_leaves, empty, empty
     before, after = before.only(differ), after.only(differ)
     gone, came, pairs = _multiset_difference(before.by_id(), after.by_id())
-    if not _same_bytes(before.rows, after.rows, pairs):
+    if not _same_bytes(before.framed, after.framed, pairs):
         gone, came, _ = _multiset_difference(before.by_content(), after.by_content())
     return old_leaves, new_leaves, before.changed(gone), after.changed(came)
 
