@@ -318,8 +318,11 @@ def _binary(data: Any, offsets: np.ndarray) -> pa.Array:
 
 
 def _offsets(rows: pa.Array) -> np.ndarray:
+    """Value offsets of a binary or string array (large or not), as int64."""
     _, offsets_buffer, _ = rows.buffers()
-    return np.frombuffer(offsets_buffer, np.int64)[rows.offset : rows.offset + len(rows) + 1]
+    large = pa.types.is_large_binary(rows.type) or pa.types.is_large_string(rows.type)
+    offsets = np.frombuffer(offsets_buffer, np.int64 if large else np.int32)
+    return offsets[rows.offset : rows.offset + len(rows) + 1].astype(np.int64, copy=False)
 
 
 def _values(rows: pa.Array) -> np.ndarray:
@@ -338,7 +341,7 @@ def _fmix(values: np.ndarray) -> np.ndarray:
 
 
 def row_ids(rows: pa.Array) -> np.ndarray:
-    """A 64-bit id per row of a large_binary array, computed for all rows at once: rows up
+    """A 64-bit id per row of a binary or string array, computed for all rows at once: rows up
     to FAST_WIDTH bytes are read as little-endian 8-byte words (the last one zero-padded),
     group by group of equal word count, and mixed word by word; longer rows take BLAKE3's
     first 8 bytes. Ids only bucket and order rows: integrity rests on the BLAKE3 leaf
@@ -411,7 +414,7 @@ def _label_codes(texts: pa.Array, codes: dict[str, int]) -> np.ndarray:
 def _key_ids(keys: pa.Array) -> np.ndarray:
     """64-bit ids for pairing removed and added rows by key; integrity never rests on them
     (the row bytes include the key column)."""
-    return row_ids(pc.cast(keys, pa.large_binary()))
+    return row_ids(keys)
 
 
 def _label_ids(names: list[str]) -> np.ndarray:
