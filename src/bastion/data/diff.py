@@ -458,6 +458,7 @@ class Bucket:
 
     records: np.ndarray
     framed: pa.Array  # large_binary, one framed row each, in the same order
+    labels: np.ndarray  # (n, 2) uint64 label hashes, in the same order
 
     @classmethod
     def sorted(cls, records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> Bucket:
@@ -479,7 +480,7 @@ class Bucket:
         framed = pc.binary_join_element_wise(
             pc.cast(head, pa.large_binary()), rows, pa.scalar(b"", pa.large_binary())
         )
-        return cls(records[order], pc.take(framed, pa.array(order)))
+        return cls(records[order], pc.take(framed, pa.array(order)), labels[order])
 
     def leaves(self) -> list[bytes]:
         """BLAKE3 of each leaf: its framed rows in canonical order, so equal multisets of
@@ -494,16 +495,20 @@ class Bucket:
     def only(self, leaves: list[int]) -> Bucket:
         """The rows of the given leaves."""
         picked = np.flatnonzero(np.isin(_leaf_of(self.records), leaves))
-        return Bucket(self.records[picked], pc.take(self.framed, pa.array(picked)))
+        return Bucket(
+            self.records[picked], pc.take(self.framed, pa.array(picked)), self.labels[picked]
+        )
 
     def entries(self, content: np.ndarray, width: int) -> np.ndarray:
         """(n, width + 16) bytes per row: `content` (id or hash), then the label hash."""
-        offsets, body = _offsets(self.framed), _values(self.framed)
-        at = offsets[:-1, None] + np.arange(4, FRAME.itemsize)
-        return np.hstack([content.reshape(len(self.records), width), body[at]])
+        labels = np.ascontiguousarray(self.labels).view(np.uint8).reshape(-1, 2 * 8)
+        return np.hstack([content.reshape(len(self.records), width), labels])
 
-    def by_id(self) -> np.ndarray:
-        return self.entries(np.ascontiguousarray(self.records["id"]).view(np.uint8), 8)
+    def entries_of(self, indices: np.ndarray) -> np.ndarray:
+        """(id, label hash) entries of the given rows, for the multiset difference."""
+        ids = np.ascontiguousarray(self.records["id"][indices]).view(np.uint8).reshape(-1, 8)
+        labels = np.ascontiguousarray(self.labels[indices]).view(np.uint8).reshape(-1, 16)
+        return np.hstack([ids, labels])
 
     def by_content(self) -> np.ndarray:
         hashes = self.content_hashes(np.arange(len(self.records)))
@@ -584,11 +589,57 @@ def _compare_bucket(
     if not differ:
         empty = np.empty(0, dtype=CHANGED)
         return old_leaves, new_leaves, empty, empty
-    before, after = before.only(differ), after.only(differ)
-    gone, came, pairs = _multiset_difference(before.by_id(), after.by_id())
+    if len(differ) < LEAVES_PER_BUCKET // 2:  # else matching the whole bucket is cheaper
+        before, after = before.only(differ), after.only(differ)
+    gone, came, pairs = _match_by_id(before, after)
     if not _same_bytes(before.framed, after.framed, pairs):
         gone, came, _ = _multiset_difference(before.by_content(), after.by_content())
     return old_leaves, new_leaves, before.changed(gone), after.changed(came)
+
+
+def _match_by_id(
+    old: Bucket, new: Bucket
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Unmatched old rows, unmatched new rows and matched pairs, by (id, label). Both sides
+    are sorted by id, so rows whose id is unique on both sides pair by binary search; rows
+    of ids repeated on either side go through the general multiset difference."""
+    old_ids, new_ids = old.records["id"], new.records["id"]
+    repeated = np.union1d(_repeated(old_ids), _repeated(new_ids))
+    old_general, new_general = np.isin(old_ids, repeated), np.isin(new_ids, repeated)
+    old_simple, new_simple = np.flatnonzero(~old_general), np.flatnonzero(~new_general)
+    simple_ids = new_ids[new_simple]
+    partner = np.zeros(len(old_simple), dtype=np.int64)
+    same = np.zeros(len(old_simple), dtype=bool)
+    if len(simple_ids):
+        at = np.minimum(np.searchsorted(simple_ids, old_ids[old_simple]), len(simple_ids) - 1)
+        partner = new_simple[at]
+        same = (simple_ids[at] == old_ids[old_simple]) & np.all(
+            old.labels[old_simple] == new.labels[partner], axis=1
+        )
+    paired_new = np.zeros(len(new_ids), dtype=bool)
+    paired_new[partner[same]] = True
+    gone = [old_simple[~same]]
+    came = [new_simple[~paired_new[new_simple]]]
+    pairs = ([old_simple[same]], [partner[same]])
+    old_rest, new_rest = np.flatnonzero(old_general), np.flatnonzero(new_general)
+    if len(old_rest) or len(new_rest):
+        rest_gone, rest_came, (rest_old, rest_new) = _multiset_difference(
+            old.entries_of(old_rest), new.entries_of(new_rest)
+        )
+        gone.append(old_rest[rest_gone])
+        came.append(new_rest[rest_came])
+        pairs[0].append(old_rest[rest_old])
+        pairs[1].append(new_rest[rest_new])
+    return (
+        np.sort(np.concatenate(gone)),
+        np.sort(np.concatenate(came)),
+        (np.concatenate(pairs[0]), np.concatenate(pairs[1])),
+    )
+
+
+def _repeated(sorted_ids: np.ndarray) -> np.ndarray:
+    """The ids that occur more than once in a sorted array."""
+    return np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
 
 
 def _same_bytes(old: pa.Array, new: pa.Array, pairs: tuple[np.ndarray, np.ndarray]) -> bool:
