@@ -1,18 +1,22 @@
 """What changed between two versions of a dataset, row by row, in bounded memory.
 
-Each row's canonical bytes (see `rowstream`) get a 128-bit id computed for a whole chunk
-at once in numpy; the label is kept beside it as text. Rows (id record + bytes) go to 256
-buckets by the id's first byte, held in memory up to SPILL_BYTES and spilled to per-bucket
-files beyond, so memory stays bounded whatever the size of the data. Each bucket
-splits into 256 leaves by the id's second byte: 65536 leaves. A leaf's digest is BLAKE3 over
-its rows' bytes and label hashes in canonical order (sorted by id, then label), so it
-commits to the exact multiset of rows whatever their order; the ids only sort and bucket
-(a collision can cost work, never hide a change). Each bucket's 256 leaf digests hash into
-one node, and a binary SHA-256 Merkle tree over the 256 bucket nodes gives the dataset root,
-a digest the ledger records as is. Two equal roots mean equal datasets (O(1)); otherwise
-descending where hashes differ finds each changed bucket in O(log 256) steps and its
-changed leaves among its 256, and only the rows of changed leaves are hashed one by one
-(BLAKE3) and compared as multisets, so duplicated rows count.
+Both versions are read at once on two threads. Each row's canonical bytes (see `rowstream`)
+get a 64-bit id computed for a whole chunk at once in numpy; the label is kept beside it as
+a code. Rows (record + bytes) go to 256 buckets by the id's first byte, held in memory up to
+SPILL_BYTES and spilled beyond, one run of files per flush, so memory stays bounded whatever
+the size of the data. Each bucket splits into 256 leaves by the id's second byte: 65536
+leaves. A leaf's digest is BLAKE3 over its rows in canonical order (by id, then label hash,
+then bytes): the rows' lengths and label hashes, then their bytes, so it commits to the
+exact multiset of rows whatever their order. Each bucket's 256 leaf digests hash into one node,
+and a binary SHA-256 Merkle tree over the 256 bucket nodes gives the dataset root, a digest
+the ledger records as is. Two equal roots mean equal datasets (O(1)); otherwise descending
+where hashes differ finds each changed bucket in O(log 256) steps and its changed leaves
+among its 256.
+
+The ids are not cryptographic and need not be: they only bucket and order rows. Rows of
+changed leaves are matched by (id, label) and every match is confirmed byte for byte, so a
+crafted id collision cannot hide an edit (the bucket is then compared by BLAKE3 of each
+row); only unmatched rows are hashed one by one.
 
 Pairing rule for "modified": a removed and an added row are one modified row when they
 share the `--key` value; without a key, when they share the same content (all non-label
@@ -53,7 +57,6 @@ CHANGED = np.dtype([("c", f"V{HASH_BYTES}"), ("label", "<i4"), ("key", "<u8"), (
 KINDS = ("rec", "bin")  # a spill run's two files: records, then the rows' bytes
 SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
 EMPTY_LEAF = blake3(b"").digest()
-FRAME = np.dtype([("length", "<u4"), ("label", "<u8", (2,))])  # before each row in a leaf
 NO_LABEL = -1
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 EXAMPLES = 20
@@ -453,11 +456,10 @@ def _row_offsets(records: np.ndarray) -> np.ndarray:
 class Bucket:
     """One bucket of one version in canonical order: by row id, and where ids are shared
     (duplicates, or a collision) by label hash and then by the bytes, so that the order
-    depends only on the multiset of rows. Each row is framed as its length (4 bytes), its
-    label hash (16 bytes), then its bytes: one self-delimiting string per row."""
+    depends only on the multiset of rows."""
 
     records: np.ndarray
-    framed: pa.Array  # large_binary, one framed row each, in the same order
+    rows: pa.Array  # large_binary, the rows' bytes, in the same order
     labels: np.ndarray  # (n, 2) uint64 label hashes, in the same order
 
     @classmethod
@@ -472,31 +474,30 @@ class Bucket:
             )
             keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
             order = pc.sort_indices(table, sort_keys=keys).to_numpy()
-        frame = np.empty(len(records), dtype=FRAME)
-        frame["length"], frame["label"] = records["length"], labels
-        head = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(FRAME.itemsize), len(frame), [None, pa.py_buffer(frame)]
-        )
-        framed = pc.binary_join_element_wise(
-            pc.cast(head, pa.large_binary()), rows, pa.scalar(b"", pa.large_binary())
-        )
-        return cls(records[order], pc.take(framed, pa.array(order)), labels[order])
+        return cls(records[order], pc.take(rows, pa.array(order)), labels[order])
 
     def leaves(self) -> list[bytes]:
-        """BLAKE3 of each leaf: its framed rows in canonical order, so equal multisets of
-        rows give equal leaves (rows sort by leaf, the id's second byte)."""
+        """BLAKE3 of each leaf: its rows' heads (length, label hash: 20 bytes each), then
+        their bytes, in canonical order, so equal multisets of rows give equal leaves (the
+        lengths delimit the rows). Rows sort by leaf, the id's second byte."""
         bounds = np.searchsorted(_leaf_of(self.records), np.arange(LEAVES_PER_BUCKET + 1))
-        offsets, body = _offsets(self.framed), _values(self.framed)
+        lengths = self.records["length"].astype("<u4").view(np.uint8).reshape(-1, 4)
+        heads = memoryview(np.hstack([lengths, self.labels.view(np.uint8).reshape(-1, 16)]))
+        body = memoryview(_values(self.rows))
+        rows, edges = bounds.tolist(), _offsets(self.rows)[bounds].tolist()
         digests = [EMPTY_LEAF] * LEAVES_PER_BUCKET
-        for leaf in np.flatnonzero(np.diff(bounds)).tolist():
-            digests[leaf] = blake3(body[offsets[bounds[leaf]] : offsets[bounds[leaf + 1]]]).digest()
+        for leaf in range(LEAVES_PER_BUCKET):
+            if rows[leaf] != rows[leaf + 1]:
+                hasher = blake3(heads[rows[leaf] : rows[leaf + 1]])
+                hasher.update(body[edges[leaf] : edges[leaf + 1]])
+                digests[leaf] = hasher.digest()
         return digests
 
     def only(self, leaves: list[int]) -> Bucket:
         """The rows of the given leaves."""
         picked = np.flatnonzero(np.isin(_leaf_of(self.records), leaves))
         return Bucket(
-            self.records[picked], pc.take(self.framed, pa.array(picked)), self.labels[picked]
+            self.records[picked], pc.take(self.rows, pa.array(picked)), self.labels[picked]
         )
 
     def entries(self, content: np.ndarray, width: int) -> np.ndarray:
@@ -515,11 +516,10 @@ class Bucket:
         return self.entries(np.frombuffer(hashes, np.uint8), HASH_BYTES)
 
     def content_hashes(self, indices: np.ndarray) -> bytes:
-        """BLAKE3 of the rows' bytes alone (without their frame), 16 bytes each."""
-        offsets, body = _offsets(self.framed), _values(self.framed)
+        """BLAKE3 of the rows' bytes, 16 bytes each."""
+        offsets, body = _offsets(self.rows).tolist(), memoryview(_values(self.rows))
         return b"".join(
-            blake3(body[offsets[i] + FRAME.itemsize : offsets[i + 1]]).digest(HASH_BYTES)
-            for i in indices.tolist()
+            blake3(body[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in indices.tolist()
         )
 
     def changed(self, indices: np.ndarray) -> np.ndarray:
@@ -592,7 +592,7 @@ def _compare_bucket(
     if len(differ) < LEAVES_PER_BUCKET // 2:  # else matching the whole bucket is cheaper
         before, after = before.only(differ), after.only(differ)
     gone, came, pairs = _match_by_id(before, after)
-    if not _same_bytes(before.framed, after.framed, pairs):
+    if not _same_bytes(before.rows, after.rows, pairs):
         gone, came, _ = _multiset_difference(before.by_content(), after.by_content())
     return old_leaves, new_leaves, before.changed(gone), after.changed(came)
 
