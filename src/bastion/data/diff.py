@@ -44,6 +44,7 @@ from blake3 import blake3
 
 from bastion.data.rowstream import RowChunk, RowSource, open_rows
 from bastion.data.rules import CLASS_SHIFT, LABELS_CHANGED, ROWS_CHANGED, SCHEMA_CHANGED
+from bastion.errors import InputError
 from bastion.findings import Finding, Location
 
 BUCKETS = 256  # spill files, by the first byte of the row id
@@ -400,7 +401,11 @@ def _records(
     records["label"] = NO_LABEL if chunk.labels is None else _label_codes(chunk.labels, labels)
     records["key"] = _key_ids(chunk.keys) if chunk.keys is not None else 0
     records["row"] = np.arange(first_row, first_row + len(rows))
-    records["length"] = np.diff(chunk.offsets)
+    lengths = np.diff(chunk.offsets)
+    if len(lengths) and lengths.max() > np.iinfo(np.int32).max:
+        row = first_row + int(lengths.argmax())
+        raise InputError(f"row {row} is over 2 GiB: too large to compare as one row")
+    records["length"] = lengths
     return records, rows
 
 
@@ -442,8 +447,8 @@ def _spill(records: np.ndarray, rows: pa.Array, spill: Spill) -> None:
         spill.add(b, ordered[lo:hi], data[offsets[lo] : offsets[hi]])  # a view, no copy
 
 
-def _leaf_of(records: np.ndarray) -> np.ndarray:
-    return ((records["id"] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
+def _leaf_of(ids: np.ndarray) -> np.ndarray:
+    return ((ids >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
 
 
 def _row_offsets(records: np.ndarray) -> np.ndarray:
@@ -456,32 +461,41 @@ def _row_offsets(records: np.ndarray) -> np.ndarray:
 class Bucket:
     """One bucket of one version in canonical order: by row id, and where ids are shared
     (duplicates, or a collision) by label hash and then by the bytes, so that the order
-    depends only on the multiset of rows."""
+    depends only on the multiset of rows. Only what the leaves need is gathered in that
+    order; the records stay as read, reached through `order`."""
 
-    records: np.ndarray
-    rows: pa.Array  # large_binary, the rows' bytes, in the same order
-    labels: np.ndarray  # (n, 2) uint64 label hashes, in the same order
+    records: np.ndarray  # as read from the spill
+    order: np.ndarray  # canonical position -> record
+    ids: np.ndarray  # the rest in canonical order
+    lengths: np.ndarray
+    labels: np.ndarray  # (n, 2) uint64 label hashes
+    rows: pa.Array  # large_binary, the rows' bytes
 
     @classmethod
     def sorted(cls, records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> Bucket:
-        labels = label_ids[records["label"]]
         rows = _binary(data, _row_offsets(records))
-        order = np.argsort(records["id"])
-        ids = records["id"][order]
-        if len(ids) > 1 and np.any(ids[1:] == ids[:-1]):
-            table = pa.table(
-                {"id": records["id"], "l0": labels[:, 0], "l1": labels[:, 1], "bytes": rows}
-            )
+        ids = records["id"]
+        order = np.argsort(ids)
+        if len(ids) > 1 and np.any(ids[order][1:] == ids[order][:-1]):
+            labels = label_ids[records["label"]]
+            table = pa.table({"id": ids, "l0": labels[:, 0], "l1": labels[:, 1], "bytes": rows})
             keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
             order = pc.sort_indices(table, sort_keys=keys).to_numpy()
-        return cls(records[order], pc.take(rows, pa.array(order)), labels[order])
+        return cls(
+            records,
+            order,
+            ids[order],
+            records["length"][order],
+            label_ids[records["label"][order]],
+            pc.take(rows, pa.array(order)),
+        )
 
     def leaves(self) -> list[bytes]:
         """BLAKE3 of each leaf: its rows' heads (length, label hash: 20 bytes each), then
         their bytes, in canonical order, so equal multisets of rows give equal leaves (the
         lengths delimit the rows). Rows sort by leaf, the id's second byte."""
-        bounds = np.searchsorted(_leaf_of(self.records), np.arange(LEAVES_PER_BUCKET + 1))
-        lengths = self.records["length"].astype("<u4").view(np.uint8).reshape(-1, 4)
+        bounds = np.searchsorted(_leaf_of(self.ids), np.arange(LEAVES_PER_BUCKET + 1))
+        lengths = self.lengths.astype("<u4").view(np.uint8).reshape(-1, 4)
         heads = memoryview(np.hstack([lengths, self.labels.view(np.uint8).reshape(-1, 16)]))
         body = memoryview(_values(self.rows))
         rows, edges = bounds.tolist(), _offsets(self.rows)[bounds].tolist()
@@ -495,24 +509,29 @@ class Bucket:
 
     def only(self, leaves: list[int]) -> Bucket:
         """The rows of the given leaves."""
-        picked = np.flatnonzero(np.isin(_leaf_of(self.records), leaves))
+        picked = np.flatnonzero(np.isin(_leaf_of(self.ids), leaves))
         return Bucket(
-            self.records[picked], pc.take(self.rows, pa.array(picked)), self.labels[picked]
+            self.records,
+            self.order[picked],
+            self.ids[picked],
+            self.lengths[picked],
+            self.labels[picked],
+            pc.take(self.rows, pa.array(picked)),
         )
 
     def entries(self, content: np.ndarray, width: int) -> np.ndarray:
         """(n, width + 16) bytes per row: `content` (id or hash), then the label hash."""
         labels = np.ascontiguousarray(self.labels).view(np.uint8).reshape(-1, 2 * 8)
-        return np.hstack([content.reshape(len(self.records), width), labels])
+        return np.hstack([content.reshape(len(self.ids), width), labels])
 
     def entries_of(self, indices: np.ndarray) -> np.ndarray:
         """(id, label hash) entries of the given rows, for the multiset difference."""
-        ids = np.ascontiguousarray(self.records["id"][indices]).view(np.uint8).reshape(-1, 8)
+        ids = np.ascontiguousarray(self.ids[indices]).view(np.uint8).reshape(-1, 8)
         labels = np.ascontiguousarray(self.labels[indices]).view(np.uint8).reshape(-1, 16)
         return np.hstack([ids, labels])
 
     def by_content(self) -> np.ndarray:
-        hashes = self.content_hashes(np.arange(len(self.records)))
+        hashes = self.content_hashes(np.arange(len(self.ids)))
         return self.entries(np.frombuffer(hashes, np.uint8), HASH_BYTES)
 
     def content_hashes(self, indices: np.ndarray) -> bytes:
@@ -526,8 +545,9 @@ class Bucket:
         """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
         rows = np.empty(len(indices), dtype=CHANGED)
         rows["c"] = np.frombuffer(self.content_hashes(indices), dtype=f"V{HASH_BYTES}")
+        picked = self.records[self.order[indices]]
         for name in ("label", "key", "row"):
-            rows[name] = self.records[name][indices]
+            rows[name] = picked[name]
         return rows
 
 
@@ -603,7 +623,7 @@ def _match_by_id(
     """Unmatched old rows, unmatched new rows and matched pairs, by (id, label). Both sides
     are sorted by id, so rows whose id is unique on both sides pair by binary search; rows
     of ids repeated on either side go through the general multiset difference."""
-    old_ids, new_ids = old.records["id"], new.records["id"]
+    old_ids, new_ids = old.ids, new.ids
     repeated = np.union1d(_repeated(old_ids), _repeated(new_ids))
     old_general, new_general = np.isin(old_ids, repeated), np.isin(new_ids, repeated)
     old_simple, new_simple = np.flatnonzero(~old_general), np.flatnonzero(~new_general)
