@@ -438,13 +438,21 @@ def _spill(records: np.ndarray, rows: pa.Array, spill: Spill) -> None:
     buckets = (records["id"] >> np.uint64(56)).astype(np.uint8)
     order = np.argsort(buckets, kind="stable")  # a radix sort for 8-bit keys
     bounds = np.searchsorted(buckets[order], np.arange(BUCKETS + 1))
-    ordered = records[order]
+    ordered = _gather(records, order)
     taken = pc.take(rows, pa.array(order))
     offsets = _offsets(taken)
     data = memoryview(_values(taken))
     for b in np.flatnonzero(np.diff(bounds)).tolist():
         lo, hi = bounds[b], bounds[b + 1]
         spill.add(b, ordered[lo:hi], data[offsets[lo] : offsets[hi]])  # a view, no copy
+
+
+def _gather(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """`table[indices]` for rows of a structured or 2-D array, moved as opaque bytes (many
+    times faster than numpy's field-by-field gather)."""
+    width = table.dtype.itemsize * (table.shape[1] if table.ndim == 2 else 1)
+    rows = np.ascontiguousarray(table).view(f"V{width}").reshape(-1)
+    return np.take(rows, indices).view(table.dtype).reshape(-1, *table.shape[1:])
 
 
 def _leaf_of(ids: np.ndarray) -> np.ndarray:
@@ -477,7 +485,7 @@ class Bucket:
         ids = records["id"]
         order = np.argsort(ids)
         if len(ids) > 1 and np.any(ids[order][1:] == ids[order][:-1]):
-            labels = label_ids[records["label"]]
+            labels = _gather(label_ids, records["label"])
             table = pa.table({"id": ids, "l0": labels[:, 0], "l1": labels[:, 1], "bytes": rows})
             keys = [(name, "ascending") for name in ("id", "l0", "l1", "bytes")]
             order = pc.sort_indices(table, sort_keys=keys).to_numpy()
@@ -486,7 +494,7 @@ class Bucket:
             order,
             ids[order],
             records["length"][order],
-            label_ids[records["label"][order]],
+            _gather(label_ids, records["label"][order]),
             pc.take(rows, pa.array(order)),
         )
 
@@ -545,7 +553,7 @@ class Bucket:
         """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
         rows = np.empty(len(indices), dtype=CHANGED)
         rows["c"] = np.frombuffer(self.content_hashes(indices), dtype=f"V{HASH_BYTES}")
-        picked = self.records[self.order[indices]]
+        picked = _gather(self.records, self.order[indices])
         for name in ("label", "key", "row"):
             rows[name] = picked[name]
         return rows
