@@ -239,20 +239,23 @@ class Spill:
             self.handles.clear()
 
     def read(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
-        records, data = [], []
-        for bounds, handle in zip(self.runs, self.handles, strict=True):
-            for part, (lo, hi), fd in zip(
-                (records, data), (b[bucket : bucket + 2] for b in bounds), handle, strict=True
-            ):
-                part.append(os.pread(fd, int(hi - lo), int(lo)))
-        records = [np.frombuffer(r, RECORD) for r in records]
-        data = [np.frombuffer(d, np.uint8) for d in data]
-        records += [r for r, _ in self.parts[bucket]]
-        data += [np.frombuffer(d, np.uint8) for _, d in self.parts[bucket]]
-        return (
-            np.concatenate(records) if records else np.empty(0, RECORD),
-            np.concatenate(data) if data else np.zeros(0, np.uint8),
-        )
+        """The bucket's records and bytes: each run's piece read straight into place."""
+        records = self._gather(0, bucket, [r.view(np.uint8) for r, _ in self.parts[bucket]])
+        data = self._gather(1, bucket, [np.frombuffer(d, np.uint8) for _, d in self.parts[bucket]])
+        return records.view(RECORD), data
+
+    def _gather(self, kind: int, bucket: int, held: list[np.ndarray]) -> np.ndarray:
+        spans = [(int(b[kind][bucket]), int(b[kind][bucket + 1])) for b in self.runs]
+        out = np.empty(sum(hi - lo for lo, hi in spans) + sum(len(h) for h in held), np.uint8)
+        at = 0
+        for (lo, hi), handle in zip(spans, self.handles, strict=True):
+            if hi > lo and os.preadv(handle[kind], [out[at : at + hi - lo]], lo) != hi - lo:
+                raise OSError(f"short read from spill file in {self.folder}")
+            at += hi - lo
+        for piece in held:
+            out[at : at + len(piece)] = piece
+            at += len(piece)
+        return out
 
 
 @dataclass
@@ -544,10 +547,9 @@ class Bucket:
 
     def content_hashes(self, indices: np.ndarray) -> bytes:
         """BLAKE3 of the rows' bytes, 16 bytes each."""
-        offsets, body = _offsets(self.rows).tolist(), memoryview(_values(self.rows))
-        return b"".join(
-            blake3(body[offsets[i] : offsets[i + 1]]).digest(HASH_BYTES) for i in indices.tolist()
-        )
+        offsets, body = _offsets(self.rows), memoryview(_values(self.rows))
+        spans = zip(offsets[indices].tolist(), offsets[indices + 1].tolist(), strict=True)
+        return b"".join(blake3(body[a:b]).digest(HASH_BYTES) for a, b in spans)
 
     def changed(self, indices: np.ndarray) -> np.ndarray:
         """CHANGED rows for `indices`, with BLAKE3 of their bytes as content hash."""
@@ -620,7 +622,7 @@ def _compare_bucket(
     if len(differ) < LEAVES_PER_BUCKET // 2:  # else matching the whole bucket is cheaper
         before, after = before.only(differ), after.only(differ)
     gone, came, pairs = _match_by_id(before, after)
-    if not _same_bytes(before.rows, after.rows, pairs):
+    if not _same_bytes(before, after, pairs):
         gone, came, _ = _multiset_difference(before.by_content(), after.by_content())
     return old_leaves, new_leaves, before.changed(gone), after.changed(came)
 
@@ -670,13 +672,26 @@ def _repeated(sorted_ids: np.ndarray) -> np.ndarray:
     return np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
 
 
-def _same_bytes(old: pa.Array, new: pa.Array, pairs: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Whether every matched pair of rows is byte for byte equal (natively compared)."""
-    old_index, new_index = pairs
+def _same_bytes(old: Bucket, new: Bucket, pairs: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether every matched pair of rows is byte for byte equal. Both sides are in id
+    order, so pairs come in long runs of consecutive rows on both sides: each run is one
+    comparison of two byte ranges (after checking that the row lengths agree)."""
+    order = np.argsort(pairs[0], kind="stable")
+    old_index, new_index = pairs[0][order], pairs[1][order]
     if len(old_index) == 0:
         return True
-    equal = pc.equal(pc.take(old, pa.array(old_index)), pc.take(new, pa.array(new_index)))
-    return bool(pc.all(equal).as_py())
+    if not np.array_equal(old.lengths[old_index], new.lengths[new_index]):
+        return False
+    breaks = np.flatnonzero((np.diff(old_index) != 1) | (np.diff(new_index) != 1)) + 1
+    firsts, lasts = np.r_[0, breaks], np.r_[breaks, len(old_index)] - 1
+    old_offsets, new_offsets = _offsets(old.rows), _offsets(new.rows)
+    old_spans = np.c_[old_offsets[old_index[firsts]], old_offsets[old_index[lasts] + 1]]
+    new_spans = np.c_[new_offsets[new_index[firsts]], new_offsets[new_index[lasts] + 1]]
+    old_body, new_body = _values(old.rows), _values(new.rows)
+    return all(
+        np.array_equal(old_body[a:b], new_body[c:d])
+        for (a, b), (c, d) in zip(old_spans.tolist(), new_spans.tolist(), strict=True)
+    )
 
 
 def _sort_order(entries: np.ndarray) -> np.ndarray:
