@@ -241,6 +241,19 @@ def test_cli_key_on_npz_or_images_is_one_line_exit_2(tmp_path: Path, image_folde
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+def test_row_ids_tell_rows_apart_short_and_long() -> None:
+    import pyarrow as pa
+
+    from bastion.data.diff import FAST_WIDTH, row_ids
+
+    rows = [b"", b"a", b"a\0", b"ab" * 8, b"ab" * 8 + b"c", b"x" * (FAST_WIDTH + 1)]
+    rows.append(b"y" * (FAST_WIDTH + 1))
+    ids = row_ids(pa.array(rows, pa.large_binary()))
+    assert len(set(ids.tolist())) == len(rows)  # zero padding and length both count
+    alone = [row_ids(pa.array([row], pa.large_binary()))[0] for row in rows]
+    assert ids.tolist() == alone  # a row's id does not depend on its neighbours
+
+
 def test_colliding_row_ids_never_hide_a_change(tmp_path: Path, versions, monkeypatch) -> None:
     """Row ids are not cryptographic: with ids cut to 16 bits (every row of a leaf shares
     one), the bytes decide, and the answer and the order independence stay the same."""

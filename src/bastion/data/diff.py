@@ -225,7 +225,7 @@ class Spill:
 
     @contextmanager
     def opened(self) -> Iterator[None]:
-        """Keep every run open while buckets are read (os.pread: safe from several threads)."""
+        """Keep every run open while buckets are read (os.preadv: safe from several threads)."""
         for run in range(len(self.runs)):
             self.handles.append(
                 tuple(os.open(self.folder / f"{run:05d}.{kind}", os.O_RDONLY) for kind in KINDS)
@@ -367,10 +367,11 @@ def row_ids(rows: pa.Array) -> np.ndarray:
         return ids
     padded = np.concatenate([raw[offsets[0] : offsets[-1]], np.zeros(FAST_WIDTH + 8, np.uint8)])
     starts = offsets[:-1] - offsets[0]
-    words = np.where(short, (lengths + 7) // 8, 0).astype(np.uint8)
+    longest = FAST_WIDTH // 8
+    words = np.where(short, (lengths + 7) // 8, longest + 1).astype(np.uint8)  # long: apart
     order = np.argsort(words, kind="stable")  # a radix sort: rows grouped by word count
-    bounds = np.searchsorted(words[order], np.arange(FAST_WIDTH // 8 + 2))
-    for count in range(FAST_WIDTH // 8 + 1):
+    bounds = np.searchsorted(words[order], np.arange(longest + 2))
+    for count in range(longest + 1):
         group = order[bounds[count] : bounds[count + 1]]
         if len(group):
             ids[group] = _mix_words(padded, starts[group], lengths[group], count)
