@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from blake3 import blake3
 
-from bastion.data.rowstream import RowChunk, RowSource, open_rows
+from bastion.data.rowstream import SEPARATOR, RowChunk, RowSource, open_rows
 from bastion.data.rules import CLASS_SHIFT, LABELS_CHANGED, ROWS_CHANGED, SCHEMA_CHANGED
 from bastion.errors import InputError
 from bastion.findings import Finding, Location
@@ -59,6 +59,7 @@ KINDS = ("rec", "bin")  # a spill run's two files: records, then the rows' bytes
 SPILL_BYTES = 64 << 20  # rows held in memory (per dataset) before buckets go to disk
 EMPTY_LEAF = blake3(b"").digest()
 NO_LABEL = -1
+FIELD_SEPARATOR = SEPARATOR.encode()
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 EXAMPLES = 20
 
@@ -268,12 +269,13 @@ class Spilled:
     spill: Spill
     labels: list[str]
     counts: np.ndarray
+    key_field: int | None
 
     def __post_init__(self) -> None:
         self.label_ids = _label_ids(self.labels)
 
     def bucket(self, bucket: int) -> Bucket:
-        return Bucket.sorted(*self.spill.read(bucket), self.label_ids)
+        return Bucket.sorted(*self.spill.read(bucket), self.label_ids, self.key_field)
 
     def digest(self, leaves: list[bytes]) -> DatasetDigest:
         tree = merkle_levels(_bucket_nodes(leaves))
@@ -303,7 +305,7 @@ def spill_rows(rows: RowSource, spill_folder: Path) -> Spilled:
         counts = np.pad(counts, (0, len(found) - len(counts))) + found
         _spill(records, blob, spill)
         total += len(records)
-    return Spilled(str(rows.path), rows.schema, total, spill, list(labels), counts)
+    return Spilled(str(rows.path), rows.schema, total, spill, list(labels), counts, rows.key_field)
 
 
 def digest_dataset(rows: RowSource, spill_folder: Path) -> DatasetDigest:
@@ -482,9 +484,16 @@ class Bucket:
     lengths: np.ndarray
     labels: np.ndarray  # (n, 2) uint64 label hashes
     rows: pa.Array  # large_binary, the rows' bytes
+    key_field: int | None  # see RowSource.key_field
 
     @classmethod
-    def sorted(cls, records: np.ndarray, data: np.ndarray, label_ids: np.ndarray) -> Bucket:
+    def sorted(
+        cls,
+        records: np.ndarray,
+        data: np.ndarray,
+        label_ids: np.ndarray,
+        key_field: int | None = None,
+    ) -> Bucket:
         rows = _binary(data, _row_offsets(records))
         ids = records["id"]
         order = np.argsort(ids)
@@ -500,6 +509,7 @@ class Bucket:
             records["length"][order],
             _gather(label_ids, records["label"][order]),
             pc.take(rows, pa.array(order)),
+            key_field,
         )
 
     def leaves(self) -> list[bytes]:
@@ -529,6 +539,7 @@ class Bucket:
             self.lengths[picked],
             self.labels[picked],
             pc.take(self.rows, pa.array(picked)),
+            self.key_field,
         )
 
     def entries(self, content: np.ndarray, width: int) -> np.ndarray:
@@ -559,7 +570,17 @@ class Bucket:
         picked = _gather(self.records, self.order[indices])
         for name in ("label", "key", "row"):
             rows[name] = picked[name]
+        if self.key_field is not None:
+            rows["key"] = self.key_ids(indices)
         return rows
+
+    def key_ids(self, indices: np.ndarray) -> np.ndarray:
+        """64-bit ids of the --key values of the given rows, read from their bytes (fields
+        are escaped, so splitting at the separator is exact)."""
+        offsets, body = _offsets(self.rows), memoryview(_values(self.rows))
+        spans = zip(offsets[indices].tolist(), offsets[indices + 1].tolist(), strict=True)
+        values = [bytes(body[a:b]).split(FIELD_SEPARATOR)[self.key_field] for a, b in spans]
+        return _key_ids(pa.array(values, pa.large_binary()))
 
 
 def merkle_levels(leaves: list[bytes]) -> list[list[bytes]]:

@@ -46,6 +46,9 @@ class RowSource:
     path: Path
     schema: str  # what must match for two versions to be comparable row by row
     chunks: Iterator[RowChunk]
+    # Where the --key column sits among a row's 0x1f-separated fields: its value is read from
+    # the bytes of the few changed rows, instead of being carried for every row.
+    key_field: int | None = None
 
 
 def open_rows(
@@ -168,14 +171,16 @@ def _table_rows(
             raise InputError(f"{source}: no {role} column {column!r} (columns: {', '.join(names)})")
     content = sorted(n for n in names if n != label)
     schema = "table:" + SEPARATOR.join(content) + f"|label={label or ''}"
+    key_field = content.index(key) if key is not None and key != label else None
+    carried = key if key_field is None else None  # a key that is the label travels as keys
 
     def chunks() -> Iterator[RowChunk]:
         seen = 0
         for batch in batches:
-            yield _table_chunk(source, batch, content, label, key, seen)
+            yield _table_chunk(source, batch, content, label, carried, seen)
             seen += batch.num_rows
 
-    return RowSource(source, schema, chunks())
+    return RowSource(source, schema, chunks(), key_field)
 
 
 def _text_column(column: pa.Array) -> pa.Array:
