@@ -183,14 +183,18 @@ def _table_rows(
     return RowSource(source, schema, chunks(), key_field)
 
 
-def _text_column(column: pa.Array) -> pa.Array:
-    if not pa.types.is_string(column.type):
-        try:
-            column = pc.cast(column, pa.string())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InputError(f"cannot compare values of type {column.type}") from None
-    # Scanning the value bytes is cheaper than rewriting: escape only columns that hold either
-    # character (the scan may cover bytes past this slice; escaping then changes nothing).
+def _as_text(column: pa.Array) -> pa.Array:
+    if pa.types.is_string(column.type):
+        return column
+    try:
+        return pc.cast(column, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InputError(f"cannot compare values of type {column.type}") from None
+
+
+def _escaped(column: pa.Array) -> pa.Array:
+    """Backslash and the separator escaped, for the columns that hold either (the scan may
+    cover bytes past this slice; escaping then changes nothing)."""
     if _holds(column, BACKSLASH):
         column = pc.replace_substring(column, "\\", "\\\\")
     if _holds(column, UNIT_SEPARATOR):
@@ -198,10 +202,35 @@ def _text_column(column: pa.Array) -> pa.Array:
     return column
 
 
+def _text_column(column: pa.Array) -> pa.Array:
+    return _escaped(_as_text(column))
+
+
 def _holds(column: pa.Array, byte: int) -> bool:
     """Whether any value of a string column contains `byte`: one native scan of its data."""
     data = column.buffers()[2]
     return data is not None and bool(np.any(np.frombuffer(data, np.uint8) == byte))
+
+
+def _join(columns: list[pa.Array]) -> pa.Array:
+    # without missing values Arrow joins faster when not asked to replace them
+    nulls = {"null_handling": "replace", "null_replacement": NULL}
+    joined = pc.binary_join_element_wise(
+        *columns, SEPARATOR, **(nulls if any(c.null_count for c in columns) else {})
+    )
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
+def _needs_escaping(joined: pa.Array, fields: int) -> bool:
+    """Whether some value holds a backslash or the separator, judged on the joined rows in
+    two scans: no backslash at all, and exactly `fields - 1` separators per row, mean no."""
+    _validity, offsets, data = joined.buffers()
+    if data is None or len(joined) == 0:
+        return False
+    bounds = np.frombuffer(offsets, np.int32)[[joined.offset, joined.offset + len(joined)]]
+    raw = np.frombuffer(data, np.uint8)[bounds[0] : bounds[1]]
+    separators = np.count_nonzero(raw == UNIT_SEPARATOR)
+    return bool(np.any(raw == BACKSLASH)) or separators != len(joined) * (fields - 1)
 
 
 def _table_chunk(
@@ -213,16 +242,12 @@ def _table_chunk(
     seen: int,
 ) -> RowChunk:
     try:
-        columns = [_text_column(batch.column(name)) for name in content]
+        columns = [_as_text(batch.column(name)) for name in content]
     except InputError as exc:
         raise InputError(f"{source}: {exc.message}") from None
-    # without missing values Arrow joins faster when not asked to replace them
-    nulls = {"null_handling": "replace", "null_replacement": NULL}
-    joined = pc.binary_join_element_wise(
-        *columns, SEPARATOR, **(nulls if any(c.null_count for c in columns) else {})
-    )
-    if isinstance(joined, pa.ChunkedArray):
-        joined = joined.combine_chunks()
+    joined = _join(columns)
+    if _needs_escaping(joined, len(columns)):  # rare: escape the columns that need it
+        joined = _join([_escaped(column) for column in columns])
     labels = _labels(source, batch.column(label), seen) if label else None
     keys = _text_column(batch.column(key)) if key else None
     return _binary_chunk(joined, labels, keys)
