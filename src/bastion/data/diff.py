@@ -657,7 +657,10 @@ def _match_by_id(
     of ids repeated on either side go through the general multiset difference."""
     old_ids, new_ids = old.ids, new.ids
     repeated = np.union1d(_repeated(old_ids), _repeated(new_ids))
-    old_general, new_general = np.isin(old_ids, repeated), np.isin(new_ids, repeated)
+    old_general, new_general = (
+        np.isin(ids, repeated) if len(repeated) else np.zeros(len(ids), dtype=bool)
+        for ids in (old_ids, new_ids)
+    )
     old_simple, new_simple = np.flatnonzero(~old_general), np.flatnonzero(~new_general)
     simple_ids = new_ids[new_simple]
     partner = np.zeros(len(old_simple), dtype=np.int64)
@@ -709,9 +712,9 @@ def _same_bytes(old: Bucket, new: Bucket, pairs: tuple[np.ndarray, np.ndarray]) 
     old_offsets, new_offsets = _offsets(old.rows), _offsets(new.rows)
     old_spans = np.c_[old_offsets[old_index[firsts]], old_offsets[old_index[lasts] + 1]]
     new_spans = np.c_[new_offsets[new_index[firsts]], new_offsets[new_index[lasts] + 1]]
-    old_body, new_body = _values(old.rows), _values(new.rows)
-    return all(
-        np.array_equal(old_body[a:b], new_body[c:d])
+    old_body, new_body = memoryview(_values(old.rows)), memoryview(_values(new.rows))
+    return all(  # copying a run out and comparing bytes beats numpy's per-call overhead
+        old_body[a:b].tobytes() == new_body[c:d].tobytes()
         for (a, b), (c, d) in zip(old_spans.tolist(), new_spans.tolist(), strict=True)
     )
 
