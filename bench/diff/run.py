@@ -150,6 +150,8 @@ def main() -> None:
         tool, old, new = args.child
         result = (child_bastion if tool == "bastion" else child_pandas)(old, new)
         result["peak_rss_mb"] = peak_rss_mb()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
         print(json.dumps(result))
         return
     rows = args.mb * (1 << 20) // BYTES_PER_ROW

@@ -226,6 +226,56 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, make, extra, message) 
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("image_folder", [False, True])
+def test_cli_key_on_npz_or_images_is_one_line_exit_2(tmp_path: Path, image_folder: bool) -> None:
+    if image_folder:
+        data = tmp_path / "images"
+        (data / "cats").mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(data / "cats" / "0.png")
+    else:
+        data = tmp_path / "d.npz"
+        np.savez(data, x=np.zeros((3, 2)), y=np.arange(3), id=np.arange(3))
+    result = runner.invoke(app, ["data", "diff", str(data), str(data), "--key", "id"])
+    assert result.exit_code == 2
+    assert "--key names a column of a CSV, Parquet or JSONL file" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_row_ids_tell_rows_apart_short_and_long() -> None:
+    import pyarrow as pa
+
+    from bastion.data.diff import FAST_WIDTH, row_ids
+
+    rows = [b"", b"a", b"a\0", b"ab" * 8, b"ab" * 8 + b"c", b"x" * (FAST_WIDTH + 1)]
+    rows.append(b"y" * (FAST_WIDTH + 1))
+    ids = row_ids(pa.array(rows, pa.large_binary()))
+    assert len(set(ids.tolist())) == len(rows)  # zero padding and length both count
+    alone = [row_ids(pa.array([row], pa.large_binary()))[0] for row in rows]
+    assert ids.tolist() == alone  # a row's id does not depend on its neighbours
+
+
+def test_colliding_row_ids_never_hide_a_change(tmp_path: Path, versions, monkeypatch) -> None:
+    """Row ids are not cryptographic: with ids cut to 16 bits (every row of a leaf shares
+    one), the bytes decide, and the answer and the order independence stay the same."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from bastion.data import diff
+
+    old, new, _ = versions
+    o, n = _write(old, tmp_path / "o.csv"), _write(new, tmp_path / "n.csv")
+    honest = diff_datasets(o, n, label="label", key="id")
+    real = diff.row_ids
+    monkeypatch.setattr(diff, "_key_ids", lambda keys: real(pc.cast(keys, pa.large_binary())))
+    monkeypatch.setattr(diff, "row_ids", lambda rows: real(rows) & np.uint64(0xFFFF << 48))
+    weak = diff_datasets(o, n, label="label", key="id")
+    assert weak.modified == honest.modified
+    assert weak.added.tolist() == honest.added.tolist()
+    assert weak.removed.tolist() == honest.removed.tolist()
+    shuffled = _write(old.sample(frac=1.0, random_state=5), tmp_path / "s.csv")
+    assert diff_datasets(o, shuffled, label="label", key="id").identical
+
+
 def test_spilling_to_disk_gives_the_same_answer(tmp_path: Path, versions, monkeypatch) -> None:
     old, new, _ = versions
     o, n = _write(old, tmp_path / "o.csv"), _write(new, tmp_path / "n.csv")

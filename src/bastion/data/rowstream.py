@@ -22,12 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bastion.data.dataset import IMAGE_SUFFIXES, TABLE_SUFFIXES
-from bastion.errors import InputError
+from bastion.errors import InputError, UsageError
 
 SEPARATOR = "\x1f"
 NULL = "\\N"
-CSV_BLOCK = 2 << 20  # Arrow reads ahead several blocks; small blocks keep that bounded
+CSV_BLOCK = 4 << 20  # Arrow parses blocks on its threads and reads a few ahead: bounded
 CHUNK_ROWS = 65536
+BACKSLASH, UNIT_SEPARATOR = 0x5C, 0x1F
 
 
 @dataclass
@@ -45,6 +46,9 @@ class RowSource:
     path: Path
     schema: str  # what must match for two versions to be comparable row by row
     chunks: Iterator[RowChunk]
+    # Where the --key column sits among a row's 0x1f-separated fields: its value is read from
+    # the bytes of the few changed rows, instead of being carried for every row.
+    key_field: int | None = None
 
 
 def open_rows(
@@ -53,9 +57,14 @@ def open_rows(
     source = Path(path)
     if not source.exists():
         raise InputError(f"{source}: no such data file or folder")
+    suffix = source.suffix.lower()
+    if key is not None and (source.is_dir() or suffix == ".npz"):
+        raise UsageError(
+            f"{source}: --key names a column of a CSV, Parquet or JSONL file; .npz rows and "
+            "images have none (an image is keyed by its file name already)"
+        )
     if source.is_dir():
         return _image_rows(source)
-    suffix = source.suffix.lower()
     if suffix == ".npz":
         return _npz_rows(source)
     kind = TABLE_SUFFIXES.get(suffix)
@@ -93,7 +102,7 @@ def _csv_batches(source: Path) -> Iterator[pa.RecordBatch]:
     try:
         reader = pacsv.open_csv(
             source,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
                 strings_can_be_null=False,
@@ -162,28 +171,66 @@ def _table_rows(
             raise InputError(f"{source}: no {role} column {column!r} (columns: {', '.join(names)})")
     content = sorted(n for n in names if n != label)
     schema = "table:" + SEPARATOR.join(content) + f"|label={label or ''}"
+    key_field = content.index(key) if key is not None and key != label else None
+    carried = key if key_field is None else None  # a key that is the label travels as keys
 
     def chunks() -> Iterator[RowChunk]:
         seen = 0
         for batch in batches:
-            yield _table_chunk(source, batch, content, label, key, seen)
+            yield _table_chunk(source, batch, content, label, carried, seen)
             seen += batch.num_rows
 
-    return RowSource(source, schema, chunks())
+    return RowSource(source, schema, chunks(), key_field)
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    if pa.types.is_string(column.type):
+        return column
+    try:
+        return pc.cast(column, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InputError(f"cannot compare values of type {column.type}") from None
+
+
+def _escaped(column: pa.Array) -> pa.Array:
+    """Backslash and the separator escaped, for the columns that hold either (the scan may
+    cover bytes past this slice; escaping then changes nothing)."""
+    if _holds(column, BACKSLASH):
+        column = pc.replace_substring(column, "\\", "\\\\")
+    if _holds(column, UNIT_SEPARATOR):
+        column = pc.replace_substring(column, SEPARATOR, "\\u001f")
+    return column
 
 
 def _text_column(column: pa.Array) -> pa.Array:
-    if not pa.types.is_string(column.type):
-        try:
-            column = pc.cast(column, pa.string())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InputError(f"cannot compare values of type {column.type}") from None
-    # Scanning is cheaper than rewriting: escape only columns that hold either character.
-    if pc.any(pc.match_substring(column, "\\")).as_py():
-        column = pc.replace_substring(column, "\\", "\\\\")
-    if pc.any(pc.match_substring(column, SEPARATOR)).as_py():
-        column = pc.replace_substring(column, SEPARATOR, "\\u001f")
-    return column
+    return _escaped(_as_text(column))
+
+
+def _holds(column: pa.Array, byte: int) -> bool:
+    """Whether any value of a string column contains `byte`: one native scan of its data."""
+    data = column.buffers()[2]
+    return data is not None and bool(np.any(np.frombuffer(data, np.uint8) == byte))
+
+
+def _join(columns: list[pa.Array]) -> pa.Array:
+    # without missing values Arrow joins faster when not asked to replace them
+    nulls = {"null_handling": "replace", "null_replacement": NULL}
+    joined = pc.binary_join_element_wise(
+        *columns, SEPARATOR, **(nulls if any(c.null_count for c in columns) else {})
+    )
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
+def _needs_escaping(joined: pa.Array, fields: int) -> bool:
+    """Whether some value holds a backslash or the separator, judged on the joined rows in
+    two scans: no backslash at all, and exactly `fields - 1` separators per row, mean no."""
+    _validity, offsets, data = joined.buffers()
+    if data is None or len(joined) == 0:
+        return False
+    bounds = np.frombuffer(offsets, np.int32)[[joined.offset, joined.offset + len(joined)]]
+    raw = np.frombuffer(data, np.uint8)[bounds[0] : bounds[1]]
+    separators = np.count_nonzero(raw == UNIT_SEPARATOR)
+    return bool(np.any(raw == BACKSLASH)) or separators != len(joined) * (fields - 1)
 
 
 def _table_chunk(
@@ -195,14 +242,12 @@ def _table_chunk(
     seen: int,
 ) -> RowChunk:
     try:
-        columns = [_text_column(batch.column(name)) for name in content]
+        columns = [_as_text(batch.column(name)) for name in content]
     except InputError as exc:
         raise InputError(f"{source}: {exc.message}") from None
-    joined = pc.binary_join_element_wise(
-        *columns, SEPARATOR, null_handling="replace", null_replacement=NULL
-    )
-    if isinstance(joined, pa.ChunkedArray):
-        joined = joined.combine_chunks()
+    joined = _join(columns)
+    if _needs_escaping(joined, len(columns)):  # rare: escape the columns that need it
+        joined = _join([_escaped(column) for column in columns])
     labels = _labels(source, batch.column(label), seen) if label else None
     keys = _text_column(batch.column(key)) if key else None
     return _binary_chunk(joined, labels, keys)
