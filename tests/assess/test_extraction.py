@@ -82,3 +82,27 @@ def test_cli_bad_input_is_one_line(digits_files, monkeypatch, args, message):
     result = runner.invoke(app, base + args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_cli_copies_torch_weights_built_by_a_factory(digits_files):
+    import torch
+    folder, *_ = digits_files
+    (folder / "digits_net.py").write_text(
+        "import torch\n\ndef build():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),\n"
+        "                               torch.nn.Linear(32, 10))\n")
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                  torch.nn.Linear(32, 10))
+    torch.save(network.state_dict(), folder / "weights.pt")
+    result = runner.invoke(app, [
+        "assess", "extraction", "--target", str(folder / "weights.pt"),
+        "--model-factory", f"{folder / 'digits_net.py'}:build",
+        "--data", str(folder / "held.npz"), "--pool", str(folder / "pool.npz"),
+        "--input-range", "0:16", "--budget", "50,200", "--format", "json",
+        "--fail-on", "critical",
+    ])
+    assert result.exit_code == 0, result.output
+    [run] = json.loads(result.stdout)["metrics"]["runs"]
+    assert [c["queries"] for c in run["checkpoints"]] == [50, 200]
+    assert run["checkpoints"][1]["fidelity"] > 0.5  # a copy of the untrained net's answers

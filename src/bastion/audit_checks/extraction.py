@@ -110,8 +110,10 @@ def recheck_command(config: AuditConfig, policies: tuple[Any, ...], budgets: lis
     """The `bastion assess extraction` command that repeats the undefended run and the run
     as served, from the project folder."""
     test = config.data.test
-    parts = ["bastion assess extraction", "--target", shown(config, model_file(config)),
-             "--data", shown(config, config.resolve(test.path))]
+    parts = ["bastion assess extraction", "--target", shown(config, model_file(config))]
+    if config.model.factory:
+        parts += ["--model-factory", config.model.factory]
+    parts += ["--data", shown(config, config.resolve(test.path))]
     if test.label:
         parts += ["--label", shlex.quote(test.label)]
     train = config.data.train
@@ -134,7 +136,7 @@ def _finding(config: AuditConfig, declared: Extraction, run: Any, command: str
     severity, facts = grade(copied.queries, config.serving)
     finding = COPYABLE_AS_SERVED.finding(
         f"A copy agrees with the model on {copied.fidelity:.0%} of test inputs after "
-        f"{copied.queries} queries answered as served ({run.defence})",
+        f"{copied.queries} queries answered {run.defence}",
         Location(str(model_file(config))),
         severity=severity,
         evidence={"queries_needed": copied.queries, "fidelity": round(copied.fidelity, 4),

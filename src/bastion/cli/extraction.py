@@ -16,6 +16,7 @@ from bastion.cli.common import (
     FormatOption,
     LabelOption,
     LedgerOption,
+    ModelFactoryOption,
     OutOption,
     SeedOption,
     emit,
@@ -36,8 +37,11 @@ def _budgets(text: str) -> list[int]:
     return values
 
 
-def _target(target: str, api_key_env: str, input_range: tuple[float, float] | None):
-    """(classifier, through_gateway, ledger subjects) for a URL or a model file."""
+def _target(target: str, factory: str | None, api_key_env: str,
+            input_shape: tuple[int, ...], input_range: tuple[float, float] | None):
+    """(classifier, through_gateway, ledger subjects) for a URL or a model file (resolved as
+    every command resolves --model: TorchScript, torch weights with --model-factory, ONNX,
+    scikit-learn; scanned first)."""
     if target.startswith(("http://", "https://")):
         from bastion.serve.client import RemoteClassifier
 
@@ -46,10 +50,9 @@ def _target(target: str, api_key_env: str, input_range: tuple[float, float] | No
             raise UsageError(f"set {api_key_env} to the API key for {target}")
         return RemoteClassifier(target, key), True, ()
     from bastion.govern.events import subject_for_file
-    from bastion.models import load
-    from bastion.models.classifier import as_classifier
+    from bastion.models.resolve import resolve_model
 
-    classifier = as_classifier(load(target), clip_values=input_range)
+    classifier = resolve_model(target, factory, input_shape, clip_values=input_range)
     return classifier, False, (subject_for_file(target),)
 
 
@@ -77,6 +80,7 @@ def extraction_command(
         "--pool", help="Public pool the attacker draws queries from (default: uniform noise "
         "in the input range).")] = None,
     label: LabelOption = None,
+    model_factory: ModelFactoryOption = None,
     pool_label: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--pool-label", help="Label column of a --pool table, left out of the queries (the "
         "copier learns only from the model's answers).")] = None,
@@ -106,9 +110,10 @@ def extraction_command(
     threshold = parse_severity(fail_on)
     budgets = _budgets(budget)
     defences = [parse_policy(d) for d in defence or []]
-    classifier, through_gateway, subjects = _target(
-        target, api_key_env, _parse_pair(input_range, "--input-range"))
     held_out = load_dataset(data, label=label)
+    classifier, through_gateway, subjects = _target(
+        target, model_factory, api_key_env, tuple(held_out.x.shape[1:]),
+        _parse_pair(input_range, "--input-range"))
     public = load_dataset(pool, label=pool_label).x.astype(np.float64) if pool else None
     result = assess(
         classifier, target, held_out.x.astype(np.float64), held_out.y, pool=public,
