@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from bastion.assess.poisoning import Trigger, badnets
 from bastion.data import poison
 from bastion.data.neural_cleanse import search_triggers
 from bastion.data.poison import check_dataset, check_findings
@@ -49,8 +50,6 @@ def test_backdoor_rows_found_from_inputs_alone(poisoned_digits) -> None:
 def test_backdoor_that_outnumbers_its_class_is_found(rate: float) -> None:
     # At 10% of the data the poison is half of the target class and at 20% two thirds: the
     # poisoned cluster is the larger one, which a relative-size rule never looks at.
-    from bastion.assess.poisoning import Trigger, badnets
-
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
     poisoned = badnets(x, digits.target, rate, np.random.default_rng(3), target=TARGET,
