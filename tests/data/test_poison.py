@@ -1,6 +1,7 @@
 """bastion.data.poison on digits with 5% BadNets poison relabelled into one class: the
 backdoor detector finds the poisoned rows from a torch model's penultimate features and from
-the inputs alone, and still at 10% and 20%, where the poison outnumbers the class's own rows; label flips, duplicates and outliers are found by their detectors."""
+the inputs alone, and still at 10% and 20%, where the poison outnumbers the class's own
+rows; label flips, duplicates and outliers are found by their detectors."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def is_torch(model: Any) -> bool:
 def labelled(config: AuditConfig, which: str, model: Any) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """`[data.<which>]` with its labels as the model's class indices; features as float32
     for a torch model."""
-    from bastion.cli.privacy import model_labels
+    from bastion.models.resolve import model_labels
 
     declared: DataSet = getattr(config.data, which)
     data = load_dataset(config.resolve(declared.path), label=declared.label)

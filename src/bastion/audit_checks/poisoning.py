@@ -111,8 +111,8 @@ def _recheck(finding: Finding, command: str) -> Finding:
 
 
 def _run(config: AuditConfig, ctx: CheckContext) -> CheckResult:
-    from bastion.cli.data import score_plot, write_rows
     from bastion.data.poison import check_dataset, check_findings
+    from bastion.data.poison_output import score_plot, write_rows
 
     detectors = tuple(dict.fromkeys(config.threat_model.poisoning.detectors))
     dataset = _training_data(config)

@@ -3,7 +3,6 @@ training set look poisoned."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Optional
 
 import numpy as np
@@ -26,10 +25,10 @@ from bastion.cli.common import (
 from bastion.data.dataset import load_dataset
 from bastion.data.diff import DiffPolicy, DiffResult, diff_datasets, diff_findings
 from bastion.data.neural_cleanse import search_triggers
-from bastion.data.poison import DETECTORS, CheckResult, check_dataset, check_findings
+from bastion.data.poison import DETECTORS, check_dataset, check_findings
+from bastion.data.poison_output import score_plot, write_rows
 from bastion.errors import UsageError
 from bastion.findings import Severity
-from bastion.fsutil import atomic_write
 from bastion.govern.events import Event, Subject, default_actor
 from bastion.govern.ledger import record
 from bastion.models.classifier import SklearnClassifier, WhiteBoxClassifier
@@ -109,48 +108,6 @@ def diff_command(
         metrics=result.metrics(),
     )
     emit(report, fmt, out, threshold)
-
-
-def write_rows(rows: list[dict[str, Any]], path: str) -> None:
-    if path.endswith(".json"):
-        atomic_write(path, json.dumps(rows, indent=2, default=str) + "\n")
-        return
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    fields = list(rows[0]) if rows else ["row", "label", "score", "reasons"]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buffer.getvalue())
-
-
-def score_plot(result: CheckResult, path: str) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(result.scores)
-    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
-    flagged = np.zeros(result.n_rows, dtype=bool)
-    flagged[result.flagged()] = True
-    for axis, name in zip(axes[0], names, strict=True):
-        scores = result.scores[name]
-        bins = np.linspace(scores.min(), scores.max() + 1e-9, 40)
-        axis.hist(scores[~flagged], bins=bins, color="tab:blue", label="kept")
-        axis.hist(scores[flagged], bins=bins, color="tab:red", label="suspicious")
-        axis.set_yscale("log")
-        axis.set_title(name)
-    axes[0][0].legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=path.rsplit(".", 1)[-1] if "." in path else "png")
-    plt.close(figure)
-    atomic_write(path, buffer.getvalue())
 
 
 @data_app.command("check")

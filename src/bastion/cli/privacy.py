@@ -26,7 +26,7 @@ from bastion.data import Dataset, load_dataset
 from bastion.errors import InputError, UsageError
 from bastion.govern.events import Event, Subject, default_actor, file_digest
 from bastion.govern.ledger import record
-from bastion.models.resolve import fill_module, import_callable
+from bastion.models.resolve import fill_module, import_callable, model_labels
 from bastion.report import Report
 
 ModelOption = Annotated[
@@ -69,23 +69,6 @@ def _load(path: str, label: str | None, what: str) -> Dataset:
         hint = " (name it with --label)" if Path(path).suffix.lower() != ".npz" else ""
         raise InputError(f"{path}: {what} need labels{hint}")
     return data
-
-
-def model_labels(model: Any, data: Dataset) -> np.ndarray:
-    """Labels as the model's class indices, the same for every file whatever it contains."""
-    raw = np.asarray(data.classes, dtype=object)[data.y]
-    classes = getattr(model, "classes_", None)
-    if classes is not None:
-        lookup = {c: i for i, c in enumerate(np.asarray(classes).tolist())}
-        unknown = [v for v in set(raw.tolist()) if v not in lookup]
-        if unknown:
-            raise InputError(f"{data.source}: label {unknown[0]!r} is not one of the model's "
-                             "classes")  # fmt: skip
-        return np.array([lookup[v] for v in raw.tolist()], dtype=np.int64)
-    try:
-        return raw.astype(np.int64)
-    except (TypeError, ValueError):
-        raise InputError(f"{data.source}: a torch model needs integer class labels") from None
 
 
 def _print_attacks(rows: list[dict[str, Any]], title: str) -> None:

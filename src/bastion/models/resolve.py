@@ -104,6 +104,23 @@ def class_indices(dataset: Any, classifier: Classifier) -> np.ndarray:
     return labels
 
 
+def model_labels(model: Any, data: Any) -> np.ndarray:
+    """Labels as the model's class indices, the same for every file whatever it contains."""
+    raw = np.asarray(data.classes, dtype=object)[data.y]
+    classes = getattr(model, "classes_", None)
+    if classes is not None:
+        lookup = {c: i for i, c in enumerate(np.asarray(classes).tolist())}
+        unknown = [v for v in set(raw.tolist()) if v not in lookup]
+        if unknown:
+            raise InputError(f"{data.source}: label {unknown[0]!r} is not one of the model's "
+                             "classes")  # fmt: skip
+        return np.array([lookup[v] for v in raw.tolist()], dtype=np.int64)
+    try:
+        return raw.astype(np.int64)
+    except (TypeError, ValueError):
+        raise InputError(f"{data.source}: a torch model needs integer class labels") from None
+
+
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
