@@ -268,3 +268,15 @@ def test_plain_values_with_one_token_agree(value: object, protocol: int, token: 
                                            at: int) -> None:
     data = pickle.dumps(value, protocol=protocol)
     assert_never_weaker(data[:at] + token + data[at:])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x04cUserDict\nOrderedDict\n)R.",  # protocol 4: imports a module named UserDict
+        b"\x80\x02c__builtin__\nset\n)R.",  # protocol 2: builtins.set, but the C unpickler
+        # does not show find_class the protocol, so the fast path leaves py2 names alone
+    ],
+)
+def test_python2_aliases_take_the_full_path(data: bytes) -> None:
+    assert not pickle_fast.is_clean(data, LIMITS)

@@ -320,6 +320,39 @@ def test_python2_names_are_classified_after_normalising() -> None:
     assert classify(normalise("cPickle", "loads")).kind is Kind.DANGEROUS
 
 
+# Python 2 names are mapped by the loader only below protocol 3: from PROTO 3 on,
+# `UserDict.OrderedDict` imports a module named UserDict (one planted beside the model, say),
+# so it must not pass as collections.OrderedDict. Below 3 the mapping is what loads.
+@pytest.mark.parametrize(
+    ("data", "flagged"),
+    [
+        (b"\x80\x04cUserDict\nOrderedDict\n)R.", True),
+        (b"\x80\x04\x8c\x08UserDict\x8c\x0bOrderedDict\x93)R.", True),
+        (b"\x80\x03ccopy_reg\n_reconstructor\ncbuiltins\nobject\ncbuiltins\nobject\nN\x87R.",
+         True),
+        (b"\x80\x05c__builtin__\nset\n)R.", True),
+        (b"\x80\x02c__builtin__\nset\n)R.", False),
+        (b"cUserDict\nOrderedDict\n)R.", False),  # no PROTO: protocol 0, mapped
+        (b"\x80\x02ccopy_reg\n_reconstructor\ncbuiltins\nobject\ncbuiltins\nobject\nN\x87R.",
+         False),
+    ],
+)
+def test_python2_names_are_mapped_only_below_protocol_3(
+    data: bytes, flagged: bool, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(data)
+    blocking = [f for f in bastion.scan(path).findings if f.severity >= Severity.HIGH]
+    assert bool(blocking) is flagged, blocking
+
+
+def test_a_py2_alias_at_protocol_4_names_the_module_a_load_imports(tmp_path: Path) -> None:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(b"\x80\x04c__builtin__\neval\n)R.")
+    [finding] = [f for f in bastion.scan(path).findings if f.severity >= Severity.HIGH]
+    assert "__builtin__.eval" in finding.title + str(finding.evidence)
+
+
 @pytest.mark.parametrize(
     ("qualified", "kind"),
     [

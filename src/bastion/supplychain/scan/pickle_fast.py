@@ -134,10 +134,14 @@ _GLOBAL, _OPAQUE = _Global(), _Opaque()
 @functools.lru_cache(maxsize=4096)
 def _safe_global(module: str, name: str) -> bool:
     """A name the symbolic machine resolves the same way and gives no finding: a safe data
-    reconstructor that loads no nested payload and no bytecode."""
+    reconstructor that loads no nested payload and no bytecode. Only names that Python 2
+    aliasing leaves alone: whether the loader maps one depends on the protocol in effect,
+    which the C unpickler does not show its find_class."""
     if not (_NAME.fullmatch(module) and _NAME.fullmatch(name)):
         return False
     qualified = normalise(module, name)
+    if qualified != f"{module}.{name}":
+        return False
     if qualified in NESTED_LOADERS or qualified in CODE_LOADERS:
         return False
     return classify(qualified).kind is Kind.SAFE

@@ -113,7 +113,7 @@ _CONSTANT_OPS = frozenset(
 )
 _MEMO_GETS = frozenset("GET BINGET LONG_BINGET".split())
 _MEMO_PUTS = frozenset("PUT BINPUT LONG_BINPUT".split())
-_NOOPS = frozenset("PROTO FRAME READONLY_BUFFER".split())
+_NOOPS = frozenset("FRAME READONLY_BUFFER".split())
 
 
 def _importable(dotted: str) -> bool:
@@ -277,6 +277,7 @@ class PickleMachine:
         self.globals: list[GlobalRef] = []
         self.findings: list[Finding] = []
         self.opcodes = 0
+        self.protocol = 0  # set by PROTO; below 3 the loader maps Python 2 names
         self.largest = 1
         self.deepest = 0
         self.value: Any = None  # what the pickle loads to, once STOP is reached
@@ -324,6 +325,9 @@ class PickleMachine:
 
     def _op_constant(self, arg: Any, pos: int) -> None:
         self.stack.append(arg)
+
+    def _op_proto(self, arg: Any, pos: int) -> None:
+        self.protocol = arg
 
     def _op_noop(self, arg: Any, pos: int) -> None:
         pass
@@ -481,7 +485,7 @@ class PickleMachine:
         if not (_importable(module) and _importable(attr)):
             # find_class fails on such a name, so the load stops here: nothing imported.
             raise MalformedPickle(f"global {module!r} {attr!r} is not an importable name", pos)
-        ref = GlobalRef(normalise(module, attr), pos)
+        ref = GlobalRef(normalise(module, attr, py2_names=self.protocol < 3), pos)
         ref.uses.add("referenced")
         self.globals.append(ref)
         return ref
@@ -696,6 +700,7 @@ def _handlers() -> dict[str, Handler]:
     table.update({name: m._op_put for name in _MEMO_PUTS})
     table.update({name: m._op_get for name in _MEMO_GETS})
     table.update({name: m._op_noop for name in _NOOPS})
+    table["PROTO"] = m._op_proto
     table.update({name: _empty_handler(kind) for name, kind in _EMPTY_OPS.items()})
     table.update({name: _collect_handler(kind) for name, kind in _CONTAINER_OPS.items()})
     table.update({f"TUPLE{n}": _tuple_handler(n) for n in (1, 2, 3)})

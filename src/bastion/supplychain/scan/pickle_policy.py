@@ -29,9 +29,14 @@ class Verdict:
     reason: str
 
 
-def normalise(module: str, name: str) -> str:
-    """The dotted name the loader would resolve, with Python 2 aliases mapped as pickle does."""
+def normalise(module: str, name: str, py2_names: bool = True) -> str:
+    """The dotted name the loader would resolve. With `py2_names`, Python 2 aliases are
+    mapped as pickle's find_class maps them, which it does only while the protocol in
+    effect (the last PROTO opcode, 0 without one) is below 3: from protocol 3 on,
+    `UserDict.OrderedDict` imports a module named UserDict, not collections."""
     module, name = module.strip(), name.strip()
+    if not py2_names:
+        return f"{module}.{name}" if module else name
     if (module, name) in _compat_pickle.NAME_MAPPING:
         module, name = _compat_pickle.NAME_MAPPING[(module, name)]
     elif module in _compat_pickle.IMPORT_MAPPING:
