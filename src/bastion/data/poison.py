@@ -287,8 +287,7 @@ def _backdoor_rows(
         spectral[index[mask]] = np.maximum(signature[mask], 0.0)
         small, margin = _two_means(projected, mask)
         cluster[index[mask]] = margin[mask]
-        split = small.any(axis=1)
-        for i in np.flatnonzero(split):
+        for i in np.flatnonzero(small.any(axis=1)):  # classes that 2-means split in two
             label = int(labels[i])
             for side in (small[i], mask[i] & ~small[i]):
                 members = index[i][side]
