@@ -60,6 +60,10 @@ def test_backdoor_that_outnumbers_its_class_is_found(rate: float) -> None:
     assert recall >= 0.9 and precision >= 0.8, (precision, recall)
     assert [c for c, s in result.classes.items() if s["poisoned"]] == [TARGET]
     assert result.classes[TARGET]["cluster_fraction"] >= 0.45
+    # The cluster score leans towards the poison, not towards the class's own rows.
+    own = np.setdiff1d(np.flatnonzero(poisoned.y == TARGET), poisoned.rows)
+    score = result.scores["cluster"]
+    assert np.median(score[poisoned.rows]) > 0 and np.median(score[own]) == 0
 
 
 def test_clean_digits_have_no_backdoor(clean_model) -> None:

@@ -285,11 +285,13 @@ def _backdoor_rows(
         projected = _principal_projection(space[index], mask, options.components)
         signature = _robust_z_per_class(projected[..., 0] ** 2, mask)
         spectral[index[mask]] = np.maximum(signature[mask], 0.0)
-        small, margin = _two_means(projected, mask)
-        cluster[index[mask]] = margin[mask]
+        small, lean = _two_means(projected, mask)
+        # The cluster score: how far a row leans to its class's smaller cluster, or to the
+        # larger one where that is the poison (set below).
+        cluster[index[mask]] = np.maximum(lean[mask], 0.0)
         for i in np.flatnonzero(small.any(axis=1)):  # classes that 2-means split in two
             label = int(labels[i])
-            for side in (small[i], mask[i] & ~small[i]):
+            for towards, side in ((1.0, small[i]), (-1.0, mask[i] & ~small[i])):
                 members = index[i][side]
                 trigger = shared_trigger(x, members, y != label, options.trigger_share, span)
                 if not len(trigger):
@@ -301,6 +303,8 @@ def _backdoor_rows(
                 )
                 if silhouette > options.min_silhouette:
                     suspects[label] = (members, trigger)
+                    rows = index[i][mask[i]]
+                    cluster[rows] = np.maximum(towards * lean[i][mask[i]], 0.0)
                 break
     shares = _exclusionary_reclassification(
         x, y, [members for members, _ in suspects.values()], estimator, rng
@@ -420,7 +424,7 @@ def _two_means(
     axis at the mean: the direction along which two sub-populations separate most. Returns
     per class the smaller cluster's mask, and per row how much closer it is to the smaller
     cluster's centre than to the larger's, in units of the class's median distance to its
-    nearest centre (0 for rows of the larger cluster)."""
+    nearest centre (negative for rows nearer the larger cluster; 0 in unsplit classes)."""
     side = (values[..., 0] > 0) & mask
     counts, totals = mask.sum(axis=1), values.sum(axis=1)  # padded rows are 0
     inside = side.sum(axis=1)
@@ -448,7 +452,7 @@ def _two_means(
     to_large = np.where(side_is_small, distances[..., 0], distances[..., 1])
     spread = _masked_median(distances.min(axis=2), mask)[:, None]
     margin = (to_large - to_small) / np.where(spread > 0, spread, 1.0)
-    return small, np.maximum(margin, 0.0) * (mask & split[:, None])
+    return small, margin * (mask & split[:, None])
 
 
 def _two_centres(
