@@ -77,16 +77,24 @@ def torch_backed(classifier: Classifier) -> bool:
     return hasattr(classifier, "logits") and hasattr(classifier, "module")
 
 
-def _white_box(
-    name: str, classifier: Classifier, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
-    constraints: Constraints | None, seed: int, **options: Any,
-) -> AttackResult:
+def _gradient_backend(name: str, classifier: Classifier) -> Any:
+    """The torch attack backend, for a classifier that gives gradients; else a usage error
+    that proposes the black-box attacks."""
     if not torch_backed(classifier):
         raise UsageError(
             f"{name} needs gradients, which a {type(classifier).__name__} lacks; use "
             f"{BLACK_BOX_HINT}"
         )
     from bastion.models import torch_attacks
+
+    return torch_attacks
+
+
+def _white_box(
+    name: str, classifier: Classifier, x: np.ndarray, y: np.ndarray, eps: float, norm: str,
+    constraints: Constraints | None, seed: int, **options: Any,
+) -> AttackResult:
+    torch_attacks = _gradient_backend(name, classifier)
 
     started = time.perf_counter()
     setup = _setup(classifier, x, y, eps, norm, constraints)
@@ -180,12 +188,7 @@ def _per_target(
 ) -> AttackResult:
     """Run a targeted white-box attack once per target class, best-ranked first, each time
     on the points no earlier target has fooled."""
-    if not torch_backed(classifier):
-        raise UsageError(
-            f"{name} needs gradients, which a {type(classifier).__name__} lacks; use "
-            f"{BLACK_BOX_HINT}"
-        )
-    from bastion.models import torch_attacks
+    torch_attacks = _gradient_backend(name, classifier)
 
     started = time.perf_counter()
     setup = _setup(classifier, x, y, eps, norm, constraints)
