@@ -77,21 +77,15 @@ def robust_accuracy(model: nn.Module, adv: np.ndarray, y: np.ndarray) -> float:
     return float((predicted == y).mean())
 
 
-def timed(
-    run: Callable[[int], np.ndarray], repeats: int
-) -> tuple[list[np.ndarray], float, list[float]]:
-    """The adversarial inputs of each repeat (repeat i uses seed i), the best wall time and
-    the CPU time of this process in each repeat. With one torch thread the CPU time is the
-    work done, and unlike wall time it does not swing with other jobs on a shared machine."""
-    wall, cpu, advs = float("inf"), [], []
-    for seed in range(repeats):
-        torch.manual_seed(seed)  # the peers draw their random starts from the global RNGs
-        np.random.seed(seed)
-        started, started_cpu = time.perf_counter(), time.process_time()
-        advs.append(run(seed))
-        wall = min(wall, time.perf_counter() - started)
-        cpu.append(time.process_time() - started_cpu)
-    return advs, wall, cpu
+def timed(run: Callable[[int], np.ndarray], seed: int) -> tuple[np.ndarray, float, float]:
+    """One repeat (seeded): the adversarial inputs, the wall time and the CPU time of this
+    process. With one torch thread the CPU time is the work done, and unlike wall time it
+    does not swing with other jobs on a shared machine."""
+    torch.manual_seed(seed)  # the peers draw their random starts from the global RNGs
+    np.random.seed(seed)
+    started, started_cpu = time.perf_counter(), time.process_time()
+    adv = run(seed)
+    return adv, time.perf_counter() - started, time.process_time() - started_cpu
 
 
 def bastion_runs(model, x, y, a) -> dict[str, Callable[[int], np.ndarray]]:
@@ -189,10 +183,8 @@ def main() -> None:
         x, y, model = data_and_model(kind)
         clean[kind] = robust_accuracy(model, x, y)
         print(f"\n{MODELS[kind][0]}: {len(x)} points, clean accuracy {clean[kind]:.1%}")
-        model_rows = [run_one(kind, attack, library, runs, model, x, y, args)
-                      for attack in args.attacks.split(",")
-                      for library, runs in LIBRARIES.items()
-                      if attack in runs(model, x, y, args)]
+        model_rows = [row for attack in args.attacks.split(",")
+                      for row in run_attack(kind, attack, model, x, y, args)]
         rows += model_rows
         summaries[kind] = summarise(model_rows)
         print_table(model_rows, summaries[kind])
@@ -211,10 +203,29 @@ LIBRARIES = {"bastion": bastion_runs, "torchattacks": torchattacks_runs, "art": 
 ATTACKS = ("pgd", "apgd-ce", "fab-t", "square")
 
 
-def run_one(kind: str, attack: str, library: str, runs, model, x, y, args) -> dict:
+def run_attack(kind: str, attack: str, model, x, y, args) -> list[dict]:
+    """One row per library that has `attack`. The repeats are interleaved (repeat i of every
+    library, then repeat i + 1): a shared machine's speed drifts over seconds, and a library
+    timed in one block of repeats would take all of a slow spell."""
+    calls = {library: runs(model, x, y, args)[attack] for library, runs in LIBRARIES.items()
+             if attack in runs(model, x, y, args)}
     # Square runs once: ART's takes minutes, and its robust accuracy varies little by seed
     repeats = 1 if attack == "square" else args.repeats
-    advs, seconds, cpu = timed(runs(model, x, y, args)[attack], repeats)
+    advs: dict[str, list[np.ndarray]] = {library: [] for library in calls}
+    walls: dict[str, list[float]] = {library: [] for library in calls}
+    cpus: dict[str, list[float]] = {library: [] for library in calls}
+    for seed in range(repeats):
+        for library, call in calls.items():
+            adv, wall, cpu = timed(call, seed)
+            advs[library].append(adv)
+            walls[library].append(wall)
+            cpus[library].append(cpu)
+    return [_result_row(kind, attack, library, advs[library], min(walls[library]),
+                        cpus[library], model, x, y, args) for library in calls]
+
+
+def _result_row(kind: str, attack: str, library: str, advs: list[np.ndarray], seconds: float,
+                cpu: list[float], model, x, y, args) -> dict:
     largest = max(float(np.abs(a.astype(np.float64) - x.astype(np.float64)).max()) for a in advs)
     cpu_seconds = min(cpu)
     row = {
