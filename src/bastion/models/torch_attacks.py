@@ -70,6 +70,14 @@ class Box:
             delta = delta * torch.clamp(self.eps / lengths.clamp_min(1e-12), max=1.0)
         return torch.maximum(torch.minimum(self.x + delta, self.upper), self.lower)
 
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, size: float) -> torch.Tensor:
+        """`x_adv` moved `size` along the steepest-ascent direction of `grad`, projected. Takes
+        `grad` over: a Linf step without immutable features signs it in place and clamps the
+        sum in place, three passes over the batch instead of five."""
+        if self.floor is None:
+            return self.project(x_adv + size * self.direction(grad))
+        return torch.add(x_adv, grad.sign_(), alpha=size).clamp_(self.floor, self.ceiling)
+
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         """The steepest-ascent direction of unit norm (sign for Linf)."""
         if self.mutable is not None:
@@ -222,13 +230,14 @@ class _Rows:
         self.__dict__.update(tensors)
 
     def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
-             found: torch.Tensor) -> bool:
-        """Record the done rows' `x_adv` in `result`, drop them; False once none remain."""
+             found: torch.Tensor, fooled: torch.Tensor | None = None) -> bool:
+        """Record the done rows' `x_adv` in `result`, drop them; False once none remain.
+        `found` marks the done rows that are `fooled` (all of them unless given)."""
         # row numbers, found once, rather than a mask that every tensor would search again
         finished, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
         rows = self.index.index_select(0, finished)
         result.index_copy_(0, rows, x_adv.detach().index_select(0, finished))
-        found[rows] = True
+        found.index_fill_(0, rows if fooled is None else rows[fooled[finished]], True)
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.index_select(0, keep))
@@ -314,9 +323,29 @@ class Passes:
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.clf.logits(x_adv)
-            values = loss(logits, y, target)
-            (grad,) = torch.autograd.grad(values.sum(), x_adv)
+            if loss is cross_entropy:
+                values, upstream = _cross_entropy_and_logit_grad(logits.detach(), y)
+                (grad,) = torch.autograd.grad(logits, x_adv, upstream)
+            else:
+                values = loss(logits, y, target)
+                (grad,) = torch.autograd.grad(values.sum(), x_adv)
         return values.detach(), grad, logits.detach()
+
+
+def _cross_entropy_and_logit_grad(
+    logits: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy and its gradient with respect to the logits (softmax minus the
+    one-hot label), in closed form. On a CPU, torch's log-softmax and its backward over rows
+    of a few classes take several times as long as these few elementwise operations: about a
+    tenth of a PGD step on a small model."""
+    top = logits.amax(dim=1, keepdim=True)
+    exp = (logits - top).exp_()
+    total = exp.sum(dim=1, keepdim=True)
+    values = (total.log() + top).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    upstream = exp.div_(total)
+    upstream.scatter_add_(1, y[:, None], torch.full_like(total, -1.0))
+    return values, upstream
 
 
 def _fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -334,24 +363,36 @@ def fgsm_batch(model: Passes, box: Box, y: torch.Tensor) -> torch.Tensor:
 
 def pgd_batch(
     model: Passes, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
-    random_start: bool, generator: torch.Generator,
+    random_start: bool, generator: torch.Generator, check_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Madry et al.'s projected gradient ascent on the cross-entropy, one restart."""
+    """Madry et al.'s projected gradient ascent on the cross-entropy, one restart. Without
+    `check_last` the final iterates are not classified (a last restart's `found` decides
+    nothing: the caller predicts the result anyway), which saves a forward pass.
+
+    A point whose step leaves it exactly where it was (each coordinate pushed against a
+    bound it already touches) is at a fixed point of the iteration: every later step would
+    take the same gradient back to the same place. It ends there, still classified
+    correctly, and its remaining steps are not computed: on a small MLP two thirds of the
+    points that resist reach such a corner within 20 steps."""
     start = box.random_start(generator) if random_start else box.x.clone()
     result = start.clone()
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     rows = _Rows(box, x=start, y=y)
     for _ in range(steps):
-        _, rows.grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
+        _, grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
         done = _fooled(logits, rows.y)
-        if done.any() and not rows.drop(done, rows.x, result, found):
+        x = rows.x
+        with torch.no_grad():  # every row steps, then the done ones drop with the x they had
+            rows.x = rows.box.step(x, grad, step_size)
+            # unmoved: no coordinate changed (a max of differences: several times faster
+            # than all() over the equality mask)
+            ended = done | ((rows.x - x).abs_().flatten(1).amax(dim=1) == 0)
+        if ended.any() and not rows.drop(ended, x, result, found, fooled=done):
             return result, found
-        with torch.no_grad():
-            rows.x = rows.box.project(rows.x + step_size * rows.box.direction(rows.grad))
-    with torch.no_grad():
-        done = _fooled(model.logits(rows.x), rows.y)
     result[rows.index] = rows.x
-    found[rows.index[done]] = True
+    if check_last:
+        with torch.no_grad():
+            found[rows.index[_fooled(model.logits(rows.x), rows.y)]] = True
     return result, found
 
 
@@ -551,9 +592,10 @@ def run(
     random_start: bool = True,
     loss: str = "ce",
     targets: np.ndarray | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Run `attack` (fgsm, pgd, apgd or fab) on numpy inputs; returns the adversarial
-    inputs."""
+    inputs, and per input whether the attack itself saw the model misclassify exactly that
+    input (False where it did not look, as for FGSM's single step or a final iterate)."""
     device = clf.device
     generator = torch.Generator(device=device).manual_seed(int(seed))
     lower = torch.as_tensor(bounds.lower, dtype=torch.float32, device=device)
@@ -563,6 +605,7 @@ def run(
         else torch.as_tensor(bounds.mutable, dtype=torch.float32, device=device)
     )
     out = np.array(x, dtype=np.float32, copy=True)
+    fooled = np.zeros(len(x), dtype=bool)
     with prepared(clf, x.ndim):
         model = Passes.build(clf, clf.to_tensor(x[:1]))
         for start in range(0, len(x), clf.batch_size):
@@ -574,22 +617,24 @@ def run(
                 else torch.as_tensor(targets[start:stop], dtype=torch.long, device=device)
             )
             box = Box(clean, lower, upper, mutable, eps, norm)
-            adv = _attack_chunk(
+            adv, seen_fooled = _attack_chunk(
                 model, box, labels, attack=attack, generator=generator, restarts=restarts,
                 steps=steps, step_size=step_size, random_start=random_start,
                 loss=LOSSES[loss], target=wanted,
             )
             out[start:stop] = adv.cpu().numpy()
-    return out
+            fooled[start:stop] = seen_fooled.cpu().numpy()
+    return out, fooled
 
 
 def _attack_chunk(
     model: Passes, box: Box, y: torch.Tensor, *, attack: str,
     generator: torch.Generator, restarts: int, steps: int, step_size: float | None,
     random_start: bool, loss: LossFn, target: torch.Tensor | None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fooled = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     if attack == "fgsm":
-        return fgsm_batch(model, box, y)
+        return fgsm_batch(model, box, y), fooled
     result = box.x.clone()
     remaining = torch.arange(len(y), device=y.device)
     for restart in range(restarts):
@@ -606,6 +651,7 @@ def _attack_chunk(
                 model, sub, y[remaining], steps=steps,
                 step_size=step_size or 2.5 * box.eps / steps,
                 random_start=random_start, generator=generator,
+                check_last=restart < restarts - 1,
             )
         else:
             adv, found = apgd_batch(
@@ -613,7 +659,8 @@ def _attack_chunk(
                 target=sub_target,
             )
         result[remaining] = adv
+        fooled[remaining[found]] = True
         remaining = remaining[~found]
         if len(remaining) == 0:
             break
-    return result
+    return result, fooled

@@ -4,7 +4,8 @@ White-box attacks (FGSM, PGD, APGD-CE, APGD-T, FAB-T) need a torch-backed classi
 device through `bastion.models.torch_attacks`; this module never imports torch itself.
 Black-box attacks (Square, HopSkipJump) only call `predict_proba` and work on any model.
 Every result is projected exactly into the eps-ball and the valid box, and `success` is read
-from the model's prediction on exactly the returned inputs.
+from the model's prediction on exactly the returned inputs: the attack's own forward pass
+where it classified those very inputs, else a fresh prediction.
 """
 
 from __future__ import annotations
@@ -65,10 +66,20 @@ def _setup(
 
 def _finish(
     name: str, classifier: Classifier, setup: _Setup, raw: np.ndarray,
-    queries: np.ndarray | None, started: float,
+    queries: np.ndarray | None, started: float, seen_fooled: np.ndarray | None = None,
 ) -> AttackResult:
+    """The exact projection of `raw`, and per point whether the model misclassifies it.
+    `seen_fooled`: points the attack already saw misclassified on exactly their `raw` input;
+    those the projection leaves unchanged are not predicted again."""
     x_adv = project(setup.x, raw, setup.eps, setup.norm, setup.constraints)
-    success = predict(classifier, x_adv) != setup.y if len(x_adv) else np.zeros(0, bool)
+    success = np.zeros(len(x_adv), dtype=bool)
+    ask = np.ones(len(x_adv), dtype=bool)
+    if seen_fooled is not None:
+        unchanged = (x_adv == raw).reshape(len(x_adv), -1).all(axis=1)
+        success = seen_fooled & unchanged
+        ask = ~success
+    if ask.any():
+        success[ask] = predict(classifier, x_adv[ask]) != setup.y[ask]
     return AttackResult(name, x_adv, success, queries, time.perf_counter() - started)
 
 
@@ -102,11 +113,11 @@ def _white_box(
         setup.constraints.lower, setup.constraints.upper, setup.constraints.mutable
     )
     with torch_attacks.prepared(classifier, setup.x.ndim):
-        raw = torch_attacks.run(
+        raw, seen_fooled = torch_attacks.run(
             classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
             seed=seed, **options,
         )
-        return _finish(name, classifier, setup, raw, None, started)
+        return _finish(name, classifier, setup, raw, None, started, seen_fooled)
 
 
 def fgsm(
@@ -207,7 +218,8 @@ def _per_target(
             )
             x_adv[todo] = result.x_adv
             robust[todo[result.success]] = False
-        return _finish(name, classifier, setup, x_adv, None, started)
+        # each point's x_adv is a projected result whose success its run already read
+        return _finish(name, classifier, setup, x_adv, None, started, ~robust)
 
 
 def _rank_targets(ranking: np.ndarray, y: np.ndarray, rank: int) -> np.ndarray:
