@@ -218,3 +218,27 @@ def test_trigger_search_singles_out_the_backdoor_target(
 def test_trigger_search_needs_images() -> None:
     with pytest.raises(UsageError, match=r"images of shape \(n, C, H, W\)"):
         search_triggers(object(), np.zeros((5, 3)))
+
+
+def test_column_order_gives_order_statistics_and_rules_out_like_a_full_count() -> None:
+    """The sorted-column lookups the trigger test uses agree with a full sort, and the
+    trigger it finds is the one a plain per-feature quantile test finds."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=(300, 12)).astype(np.float32)
+    order = poison.ColumnOrder(x)
+    features = np.array([7, 2, 11])
+    np.testing.assert_array_equal(order.at(features, 0), x[:, features].min(axis=0))
+    np.testing.assert_array_equal(order.at(features, 150), np.sort(x, axis=0)[150, features])
+    assert sorted(order.columns) == [2, 7, 11]  # only the features asked for are sorted
+    y = np.repeat([0, 1, 2], 100)
+    members = np.arange(10, 40)
+    x[members, 4] = 9.0  # a value no other class reaches: the trigger
+    x[members, 5] = 4.0  # a common value, but inside the other classes' range
+    others = y != 0
+    found = poison.shared_trigger(x, members, others, 0.8, order=poison.ColumnOrder(x))
+    np.testing.assert_array_equal(found, [4])
+    low, high = np.quantile(x[others], [0.01, 0.99], axis=0)
+    plain = np.flatnonzero(
+        np.maximum((x[members] > high).mean(0), (x[members] < low).mean(0)) >= 0.8
+    )
+    np.testing.assert_array_equal(found, plain)
