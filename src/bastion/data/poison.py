@@ -524,19 +524,21 @@ class ColumnOrder:
     """Each feature's values over all rows of `x`, sorted the first time a trigger test asks
     for that feature (a clean class's cluster asks about a few dozen, mostly blank, features;
     the same ones for every class), so order statistics cost a lookup instead of a pass over
-    every row."""
+    every row. The sorted rows are allocated up front but never written, so take no memory,
+    until a feature is asked for."""
 
     def __init__(self, x: np.ndarray) -> None:
         self.x = x
-        self.columns: dict[int, np.ndarray] = {}
+        self.values = np.empty((x.shape[1], len(x)), dtype=x.dtype)
+        self.sorted = np.zeros(x.shape[1], dtype=bool)
 
     def at(self, features: np.ndarray, rank: int) -> np.ndarray:
         """The `rank`-th smallest value (from 0) of each feature."""
-        missing = [f for f in features.tolist() if f not in self.columns]
-        if missing:
-            block = np.sort(self.x.take(missing, axis=1).T, axis=1)
-            self.columns.update(zip(missing, block, strict=True))
-        return np.array([self.columns[f][rank] for f in features.tolist()], dtype=self.x.dtype)
+        missing = features[~self.sorted[features]]
+        if len(missing):
+            self.values[missing] = np.sort(self.x.take(missing, axis=1).T, axis=1)
+            self.sorted[missing] = True
+        return self.values[features, rank]
 
 
 def shared_trigger(
