@@ -58,15 +58,17 @@ class ScanResult:
 
 def _files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
     """Every file under `paths`, named as pathlib names it (`str(Path(root) / name)`), but
-    joined as strings: on a folder of small files pathlib's parsing was a tenth of the scan."""
+    joined as strings: on a folder of small files pathlib's parsing was a tenth of the scan,
+    and a join per file still a third of the listing, which comes before any worker starts."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for root, dirs, names in os.walk(path):
                 dirs.sort()
+                names.sort()
                 folder = str(Path(root))
-                for name in sorted(names):
-                    yield name if folder == "." else os.path.join(folder, name)
+                prefix = "" if folder == "." else os.path.join(folder, "")  # ends in one sep
+                yield from [prefix + name for name in names]
         elif path.is_file():
             yield str(path)
         elif path.exists():
