@@ -11,6 +11,10 @@ from bastion.demo.malicious import os_system_pickle
 from bastion.errors import InputError
 from bastion.supplychain.scan import FILES_PER_WORKER, scan
 
+# Files of `many` that hold a payload: spread so that several tasks of a parallel scan meet
+# one, at the first and last place too.
+PAYLOADS = (0, 100, 101, 257, 2 * FILES_PER_WORKER + 2)
+
 
 @pytest.fixture
 def many(tmp_path: Path, marker: Path) -> Path:
@@ -18,7 +22,8 @@ def many(tmp_path: Path, marker: Path) -> Path:
     folder.mkdir()
     for i in range(2 * FILES_PER_WORKER + 3):
         (folder / f"{i:04d}.pkl").write_bytes(pickle.dumps({"i": i, "w": [i] * (i % 7)}))
-    (folder / "0100.pkl").write_bytes(os_system_pickle(marker))
+    for i in PAYLOADS:
+        (folder / f"{i:04d}.pkl").write_bytes(os_system_pickle(marker))
     return folder
 
 
@@ -26,10 +31,11 @@ def test_parallel_scan_matches_sequential(many: Path) -> None:
     sequential = scan(many, jobs=1)
     parallel = scan(many, jobs=2)
     assert [f.path for f in parallel.files] == [f.path for f in sequential.files]
-    assert [(f.rule_id, f.title, f.location) for f in parallel.findings] == [
-        (f.rule_id, f.title, f.location) for f in sequential.findings
+    assert [(f.rule_id, f.title, f.location, f.evidence) for f in parallel.findings] == [
+        (f.rule_id, f.title, f.location, f.evidence) for f in sequential.findings
     ]
-    assert [Path(f.location.path).name for f in parallel.findings] == ["0100.pkl"]
+    flagged = list(dict.fromkeys(Path(f.location.path).name for f in parallel.findings))
+    assert flagged == [f"{i:04d}.pkl" for i in PAYLOADS]
 
 
 def test_files_are_listed_in_a_stable_order(many: Path) -> None:
