@@ -77,6 +77,26 @@ def test_gradient_attacks_leave_the_module_as_they_found_it(torch_cnn, digits) -
     assert not any(m._forward_hooks for m in module.modules())
 
 
+def test_one_channel_images_run_channels_last_from_the_first_convolution(torch_cnn, digits):
+    """A one-channel batch reads as both layouts; the attack views it with channels-last
+    strides so the first convolution's output is already channels-last (else every pass
+    converts it for the next layer, forward and backward)."""
+    first = next(m for m in torch_cnn.module.modules() if isinstance(m, torch.nn.Conv2d))
+    layouts = []
+
+    def record(_module, _inputs, out) -> None:
+        if torch.is_grad_enabled():  # the attack's passes: the ones taking gradients
+            layouts.append(out.stride(1) == 1)
+
+    hook = first.register_forward_hook(record)
+    try:
+        x, y = digits[0][:20].reshape(-1, 1, 8, 8), digits[1][:20]
+        evasion.pgd(torch_cnn, x, y, eps=0.1, steps=3)
+    finally:
+        hook.remove()
+    assert len(layouts) == 3 and all(layouts)
+
+
 def test_black_box_attacks_on_scikit_learn_count_queries(sklearn_digits, digits) -> None:
     x, y = digits[0][:40], digits[1][:40]
     for name, budget in (("square", 100), ("hopskipjump", 200)):

@@ -183,7 +183,8 @@ def channels_last(module: nn.Module, images: bool) -> Iterator[None]:
     """For image batches, 4-d weights (convolution kernels) are stored channels-last for the
     duration, then the original tensors are put back. oneDNN's convolutions and max-pooling
     run several times faster in that layout, and a one-channel input cannot ask for it by
-    itself (its strides read as both layouts), so the weights have to. The gradient flowing
+    itself (its strides read as both layouts), so the weights have to (and `Passes` gives
+    such an input channels-last strides, for the first convolution's sake). The gradient flowing
     back into a channels-last output is given that layout too: one that arrives in the other
     (from a Flatten, say) sends max-pooling's backward down a path that converts everything."""
     convert = images and hookable(module)
@@ -283,16 +284,32 @@ class Passes:
 
     clf: TorchClassifier
     rows: int
+    # One-channel images for a module whose kernels `channels_last` converted: such a batch
+    # reads as both layouts, so torch takes the default one and runs the first convolution
+    # in it (its kernels, with one input channel, read as both too), converting the output
+    # for the next layer in every forward and backward pass. The same memory viewed with
+    # channels-last strides keeps the whole network channels-last.
+    one_channel_last: bool = False
 
     @classmethod
     def build(cls, clf: TorchClassifier, one_row: torch.Tensor) -> Passes:
+        one_channel_last = (
+            one_row.dim() == 4 and one_row.shape[1] == 1 and hookable(clf.module)
+            and any(p.dim() == 4 for p in clf.module.parameters())
+        )
         if clf.device.type != "cpu" or not hookable(clf.module):
-            return cls(clf, clf.batch_size)
+            return cls(clf, clf.batch_size, one_channel_last)
         probed = _PROBED.setdefault(clf.module, {})
         shape = tuple(one_row.shape)
         if shape not in probed:
             probed[shape] = max(_activation_bytes(clf, one_row), 1)
-        return cls(clf, max(32, CPU_PASS_BYTES // probed[shape]))
+        return cls(clf, max(32, CPU_PASS_BYTES // probed[shape]), one_channel_last)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.one_channel_last or not x.is_contiguous():
+            return x
+        _, _, height, width = x.shape
+        return x.as_strided(x.shape, (height * width, 1, width, 1))
 
     def _slices(self, n: int) -> list[slice]:
         parts = -(-n // self.rows)
@@ -302,7 +319,9 @@ class Passes:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits without a graph."""
         with torch.no_grad():
-            return torch.cat([self.clf.logits(x[part]) for part in self._slices(len(x))])
+            return torch.cat(
+                [self.clf.logits(self._input(x[part])) for part in self._slices(len(x))]
+            )
 
     def loss_and_grad(
         self, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
@@ -320,7 +339,7 @@ class Passes:
     def _one_pass(
         self, x_adv: torch.Tensor, y: torch.Tensor, loss: LossFn, target: Target,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x_adv = x_adv.detach().requires_grad_(True)
+        x_adv = self._input(x_adv.detach()).requires_grad_(True)
         with torch.enable_grad():
             logits = self.clf.logits(x_adv)
             if loss is cross_entropy:
