@@ -388,31 +388,46 @@ def pgd_batch(
     `check_last` the final iterates are not classified (a last restart's `found` decides
     nothing: the caller predicts the result anyway), which saves a forward pass.
 
-    A point whose step leaves it exactly where it was (each coordinate pushed against a
-    bound it already touches) is at a fixed point of the iteration: every later step would
-    take the same gradient back to the same place. It ends there, still classified
-    correctly, and its remaining steps are not computed: on a small MLP two thirds of the
-    points that resist reach such a corner within 20 steps."""
+    A point whose iterates repeat ends early: one whose step leaves it exactly where it was
+    (each coordinate pushed against a bound it already touches), or takes it back to where
+    it was one step before (coordinates whose gradient flips sign each step, the rest at a
+    bound). The iteration is deterministic, so every later step would repeat the cycle: the
+    point ends at the iterate the remaining steps would leave it at, still classified
+    correctly (each point of the cycle was), and those steps are not computed. On a small
+    MLP nine in ten of the points that resist enter such a cycle within 20 steps."""
     start = box.random_start(generator) if random_start else box.x.clone()
     result = start.clone()
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
-    rows = _Rows(box, x=start, y=y)
-    for _ in range(steps):
+    rows = _Rows(box, x=start, y=y, before=None)
+    for k in range(steps):
         _, grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
         done = _fooled(logits, rows.y)
         x = rows.x
-        with torch.no_grad():  # every row steps, then the done ones drop with the x they had
+        with torch.no_grad():  # every row steps, then the ended ones drop
             rows.x = rows.box.step(x, grad, step_size)
-            # unmoved: no coordinate changed (a max of differences: several times faster
-            # than all() over the equality mask)
-            ended = done | ((rows.x - x).abs_().flatten(1).amax(dim=1) == 0)
-        if ended.any() and not rows.drop(ended, x, result, found, fooled=done):
+            ended = done | _same_rows(rows.x, x)
+            back = None if rows.before is None else _same_rows(rows.x, rows.before) & ~ended
+            rows.before = x
+            # the last of the remaining steps lands on the new point when their number is
+            # odd, for a two-step cycle; every other ended row keeps the point it had
+            last = x
+            if back is not None and back.any():
+                ended |= back
+                if (steps - k) % 2 == 1:
+                    last = torch.where(_per_row(back, x), rows.x, x)
+        if ended.any() and not rows.drop(ended, last, result, found, fooled=done):
             return result, found
     result[rows.index] = rows.x
     if check_last:
         with torch.no_grad():
             found[rows.index[_fooled(model.logits(rows.x), rows.y)]] = True
     return result, found
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row, whether no coordinate differs (a max of differences: several times faster
+    than all() over the equality mask)."""
+    return (a - b).abs_().flatten(1).amax(dim=1) == 0
 
 
 def apgd_checkpoints(steps: int) -> set[int]:
