@@ -565,27 +565,21 @@ def shared_trigger(
     if not len(agreed):
         return agreed
     # At least `share` of the cluster is above the other rows' 99% quantile only if its r-th
-    # largest value is, so at most `tail` other rows reach that value, and at most `tail`
-    # plus the cluster's class of all rows: an order statistic of all rows, looked up, rules
-    # out most shared features (blank pixels, say) before any quantile of the others is
-    # sorted (likewise below).
+    # largest value is, so only the other rows' top 1% reach that value, and of all rows at
+    # most those plus the cluster's class (`above` rows): an order statistic of all rows,
+    # looked up, rules out most shared features (blank pixels, say) before any quantile of
+    # the others is sorted (likewise below).
     needed = int(np.ceil(share * len(values) - 1e-9))
     top, bottom = values[len(values) - needed, agreed], values[needed - 1, agreed]
     rows = int(np.count_nonzero(others))
     in_class = len(x) - rows
     above = rows - int(np.floor(0.99 * (rows - 1))) - 1 + in_class
     below = int(np.ceil(0.01 * (rows - 1))) + in_class
-    order = order or ColumnOrder(x)
-    possible = np.zeros(len(agreed), dtype=bool)
-    if above < len(x):
-        possible |= top > order.at(agreed, len(x) - above - 1)
-    else:
-        possible[:] = True
-    if below < len(x):
-        possible |= bottom < order.at(agreed, below)
-    else:
-        possible[:] = True
-    agreed = agreed[possible]
+    if above < len(x) and below < len(x):
+        order = order if order is not None else ColumnOrder(x)
+        agreed = agreed[
+            (top > order.at(agreed, len(x) - above - 1)) | (bottom < order.at(agreed, below))
+        ]
     if not len(agreed):
         return agreed
     low, high = _quantiles(x.take(agreed, axis=1)[others].T, (0.01, 0.99))

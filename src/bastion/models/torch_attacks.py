@@ -293,11 +293,12 @@ class Passes:
 
     @classmethod
     def build(cls, clf: TorchClassifier, one_row: torch.Tensor) -> Passes:
+        hooks = hookable(clf.module)  # else `channels_last` left the kernels as they were
         one_channel_last = (
-            one_row.dim() == 4 and one_row.shape[1] == 1 and hookable(clf.module)
+            hooks and one_row.dim() == 4 and one_row.shape[1] == 1
             and any(p.dim() == 4 for p in clf.module.parameters())
         )
-        if clf.device.type != "cpu" or not hookable(clf.module):
+        if clf.device.type != "cpu" or not hooks:
             return cls(clf, clf.batch_size, one_channel_last)
         probed = _PROBED.setdefault(clf.module, {})
         shape = tuple(one_row.shape)
