@@ -207,8 +207,8 @@ def run_attack(kind: str, attack: str, model, x, y, args) -> list[dict]:
     """One row per library that has `attack`. The repeats are interleaved (repeat i of every
     library, then repeat i + 1): a shared machine's speed drifts over seconds, and a library
     timed in one block of repeats would take all of a slow spell."""
-    calls = {library: runs(model, x, y, args)[attack] for library, runs in LIBRARIES.items()
-             if attack in runs(model, x, y, args)}
+    built = {library: runs(model, x, y, args) for library, runs in LIBRARIES.items()}
+    calls = {library: made[attack] for library, made in built.items() if attack in made}
     # Square runs once: ART's takes minutes, and its robust accuracy varies little by seed
     repeats = 1 if attack == "square" else args.repeats
     advs: dict[str, list[np.ndarray]] = {library: [] for library in calls}
