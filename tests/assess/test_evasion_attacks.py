@@ -11,7 +11,7 @@ from bastion.assess import evasion
 from bastion.assess.evasion import Constraints, perturbation_norms, project
 from bastion.errors import InputError, UsageError
 from bastion.models.classifier import accuracy
-from bastion.models.torch_attacks import apgd_checkpoints, hyperplane_step
+from bastion.models.torch_attacks import Box, apgd_checkpoints, hyperplane_step
 
 FAST = {
     "fgsm": {},
@@ -286,6 +286,28 @@ def test_projection_is_exact_for_awkward_floats() -> None:
         assert out.dtype == np.float32
         assert perturbation_norms(x, out, norm).max() <= eps
         assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_linf_box_bounds_are_the_nearest_floats_inside_the_exact_ball() -> None:
+    """The attack clamps to float32 bounds no farther from x than eps exactly, and no nearer
+    than they need be: a point on them is where the exact projection would put it, so the
+    attack's own verdict on it stands."""
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.uniform(0, 1, size=(400, 37)).astype(np.float32))
+    eps = 0.0301
+    box = Box(x, torch.tensor(0.0), torch.tensor(1.0), None, eps, "inf")
+    clean = x.double()
+    for bound, outward in ((box.floor, -np.inf), (box.ceiling, np.inf)):
+        distance = (bound.double() - clean).abs()
+        assert (distance <= eps).all()
+        inside = (bound > 0) & (bound < 1)  # not clipped by the valid range
+        further = torch.nextafter(bound, torch.tensor(outward, dtype=torch.float32))
+        assert ((further.double() - clean).abs()[inside] > eps).all()
+    assert ((box.floor.double() - clean).abs() == eps).sum() < x.numel()  # eps is no float32
+    raw = torch.where(torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.5,
+                      box.floor, box.ceiling).numpy()
+    constraints = Constraints.build((37,), (0.0, 1.0))
+    np.testing.assert_array_equal(project(x.numpy(), raw, eps, "inf", constraints), raw)
 
 
 def test_apgd_checkpoints_follow_the_paper() -> None:

@@ -46,8 +46,8 @@ class Box:
 
     def __post_init__(self) -> None:
         if self.norm == "inf" and self.mutable is None and self.floor is None:
-            self.floor = torch.maximum(self.x - self.eps, self.lower)
-            self.ceiling = torch.minimum(self.x + self.eps, self.upper)
+            self.floor = torch.maximum(_within(self.x, -self.eps), self.lower)
+            self.ceiling = torch.minimum(_within(self.x, self.eps), self.upper)
 
     def subset(self, keep: torch.Tensor) -> Box:
         """The box of the rows numbered in `keep`."""
@@ -101,6 +101,17 @@ class Box:
                                 device=device)
             noise = noise * radius
         return self.project(self.x + self.eps * noise)
+
+
+def _within(x: torch.Tensor, offset: float) -> torch.Tensor:
+    """x + offset in x's dtype, rounded toward x where rounding to nearest would land outside
+    the exact ball (as `constraints.project` rounds): a point clamped to it is already where
+    the exact projection puts it, so the model's verdict on it during the attack stands.
+    Worked out in float64 on the CPU (not every device has float64), once per batch."""
+    exact = x.detach().cpu().double() + offset
+    near = exact.to(x.dtype)
+    beyond = (near.double() - x.detach().cpu().double()).abs() > abs(offset)
+    return torch.where(beyond, torch.nextafter(near, x.detach().cpu()), near).to(x.device)
 
 
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
@@ -231,14 +242,18 @@ class _Rows:
         self.__dict__.update(tensors)
 
     def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
-             found: torch.Tensor, fooled: torch.Tensor | None = None) -> bool:
+             found: torch.Tensor, fooled: torch.Tensor | None = None,
+             seen: torch.Tensor | None = None) -> bool:
         """Record the done rows' `x_adv` in `result`, drop them; False once none remain.
-        `found` marks the done rows that are `fooled` (all of them unless given)."""
+        `found` marks the done rows that are `fooled` (all of them unless given); `seen`, if
+        given, marks every done row (the model classified its recorded `x_adv`)."""
         # row numbers, found once, rather than a mask that every tensor would search again
         finished, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
         rows = self.index.index_select(0, finished)
         result.index_copy_(0, rows, x_adv.detach().index_select(0, finished))
         found.index_fill_(0, rows if fooled is None else rows[fooled[finished]], True)
+        if seen is not None:
+            seen.index_fill_(0, rows, True)
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.index_select(0, keep))
@@ -384,10 +399,12 @@ def fgsm_batch(model: Passes, box: Box, y: torch.Tensor) -> torch.Tensor:
 def pgd_batch(
     model: Passes, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
     random_start: bool, generator: torch.Generator, check_last: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Madry et al.'s projected gradient ascent on the cross-entropy, one restart. Without
-    `check_last` the final iterates are not classified (a last restart's `found` decides
-    nothing: the caller predicts the result anyway), which saves a forward pass.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Madry et al.'s projected gradient ascent on the cross-entropy, one restart: the
+    iterates, the points found fooled, and the points whose iterate the model classified
+    (fooled or not). Without `check_last` the final iterates are not classified (a last
+    restart's verdicts decide nothing the caller cannot predict itself), which saves a
+    forward pass over the points still going.
 
     A point whose iterates repeat ends early: one whose step leaves it exactly where it was
     (each coordinate pushed against a bound it already touches), or takes it back to where
@@ -399,6 +416,7 @@ def pgd_batch(
     start = box.random_start(generator) if random_start else box.x.clone()
     result = start.clone()
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    seen = torch.zeros_like(found)
     rows = _Rows(box, x=start, y=y, before=None)
     for k in range(steps):
         _, grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
@@ -416,13 +434,14 @@ def pgd_batch(
                 ended |= back
                 if (steps - k) % 2 == 1:
                     last = torch.where(_per_row(back, x), rows.x, x)
-        if ended.any() and not rows.drop(ended, last, result, found, fooled=done):
-            return result, found
+        if ended.any() and not rows.drop(ended, last, result, found, fooled=done, seen=seen):
+            return result, found, seen
     result[rows.index] = rows.x
     if check_last:
         with torch.no_grad():
             found[rows.index[_fooled(model.logits(rows.x), rows.y)]] = True
-    return result, found
+        seen[rows.index] = True
+    return result, found, seen
 
 
 def _same_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -605,6 +624,16 @@ def fab_batch(
 
 
 @dataclass(frozen=True)
+class Verdicts:
+    """Per input, whether the attack saw the model classify exactly that input (`seen`), and
+    whether it saw it misclassified (`fooled`, within `seen`); False where it did not look,
+    as for FGSM's single step or a final iterate nobody classified."""
+
+    seen: np.ndarray
+    fooled: np.ndarray
+
+
+@dataclass(frozen=True)
 class Bounds:
     lower: np.ndarray
     upper: np.ndarray
@@ -627,10 +656,9 @@ def run(
     random_start: bool = True,
     loss: str = "ce",
     targets: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, Verdicts]:
     """Run `attack` (fgsm, pgd, apgd or fab) on numpy inputs; returns the adversarial
-    inputs, and per input whether the attack itself saw the model misclassify exactly that
-    input (False where it did not look, as for FGSM's single step or a final iterate)."""
+    inputs and what the attack itself saw the model make of exactly those inputs."""
     device = clf.device
     generator = torch.Generator(device=device).manual_seed(int(seed))
     lower = torch.as_tensor(bounds.lower, dtype=torch.float32, device=device)
@@ -640,7 +668,7 @@ def run(
         else torch.as_tensor(bounds.mutable, dtype=torch.float32, device=device)
     )
     out = np.array(x, dtype=np.float32, copy=True)
-    fooled = np.zeros(len(x), dtype=bool)
+    verdicts = Verdicts(np.zeros(len(x), dtype=bool), np.zeros(len(x), dtype=bool))
     with prepared(clf, x.ndim):
         model = Passes.build(clf, clf.to_tensor(x[:1]))
         for start in range(0, len(x), clf.batch_size):
@@ -652,24 +680,29 @@ def run(
                 else torch.as_tensor(targets[start:stop], dtype=torch.long, device=device)
             )
             box = Box(clean, lower, upper, mutable, eps, norm)
-            adv, seen_fooled = _attack_chunk(
+            adv, fooled, seen = _attack_chunk(
                 model, box, labels, attack=attack, generator=generator, restarts=restarts,
                 steps=steps, step_size=step_size, random_start=random_start,
                 loss=LOSSES[loss], target=wanted,
             )
             out[start:stop] = adv.cpu().numpy()
-            fooled[start:stop] = seen_fooled.cpu().numpy()
-    return out, fooled
+            verdicts.seen[start:stop] = seen.cpu().numpy()
+            verdicts.fooled[start:stop] = fooled.cpu().numpy()
+    return out, verdicts
 
 
 def _attack_chunk(
     model: Passes, box: Box, y: torch.Tensor, *, attack: str,
     generator: torch.Generator, restarts: int, steps: int, step_size: float | None,
     random_start: bool, loss: LossFn, target: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adversarial inputs, and which of them the attack saw the model misclassify and
+    which it saw classified at all (the attacks that stop a point only when it is fooled
+    see only those)."""
     fooled = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    seen = torch.zeros_like(fooled)
     if attack == "fgsm":
-        return fgsm_batch(model, box, y), fooled
+        return fgsm_batch(model, box, y), fooled, seen
     result = box.x.clone()
     remaining = torch.arange(len(y), device=y.device)
     for restart in range(restarts):
@@ -681,8 +714,9 @@ def _attack_chunk(
                 model, sub, y[remaining], sub_target, steps=steps, from_clean=restart == 0,
                 generator=generator,
             )
+            classified = found
         elif attack == "pgd":
-            adv, found = pgd_batch(
+            adv, found, classified = pgd_batch(
                 model, sub, y[remaining], steps=steps,
                 step_size=step_size or 2.5 * box.eps / steps,
                 random_start=random_start, generator=generator,
@@ -693,9 +727,11 @@ def _attack_chunk(
                 model, sub, y[remaining], steps=steps, loss=loss, generator=generator,
                 target=sub_target,
             )
+            classified = found
         result[remaining] = adv
         fooled[remaining[found]] = True
+        seen[remaining] = classified
         remaining = remaining[~found]
         if len(remaining) == 0:
             break
-    return result, fooled
+    return result, fooled, seen

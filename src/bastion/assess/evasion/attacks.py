@@ -66,18 +66,19 @@ def _setup(
 
 def _finish(
     name: str, classifier: Classifier, setup: _Setup, raw: np.ndarray,
-    queries: np.ndarray | None, started: float, seen_fooled: np.ndarray | None = None,
+    queries: np.ndarray | None, started: float, verdicts: Any = None,
 ) -> AttackResult:
     """The exact projection of `raw`, and per point whether the model misclassifies it.
-    `seen_fooled`: points the attack already saw misclassified on exactly their `raw` input;
-    those the projection leaves unchanged are not predicted again."""
+    `verdicts` (`torch_attacks.Verdicts`): points the attack already saw classified, fooled
+    or not, on exactly their `raw` input; those the projection leaves unchanged are not
+    predicted again."""
     x_adv = project(setup.x, raw, setup.eps, setup.norm, setup.constraints)
     success = np.zeros(len(x_adv), dtype=bool)
     ask = np.ones(len(x_adv), dtype=bool)
-    if seen_fooled is not None:
-        unchanged = (x_adv == raw).reshape(len(x_adv), -1).all(axis=1)
-        success = seen_fooled & unchanged
-        ask = ~success
+    if verdicts is not None:
+        known = verdicts.seen & (x_adv == raw).reshape(len(x_adv), -1).all(axis=1)
+        success[known] = verdicts.fooled[known]
+        ask = ~known
     if ask.any():
         success[ask] = predict(classifier, x_adv[ask]) != setup.y[ask]
     return AttackResult(name, x_adv, success, queries, time.perf_counter() - started)
@@ -113,11 +114,11 @@ def _white_box(
         setup.constraints.lower, setup.constraints.upper, setup.constraints.mutable
     )
     with torch_attacks.prepared(classifier, setup.x.ndim):
-        raw, seen_fooled = torch_attacks.run(
+        raw, verdicts = torch_attacks.run(
             classifier, setup.x, setup.y, eps=setup.eps, norm=setup.norm, bounds=bounds,
             seed=seed, **options,
         )
-        return _finish(name, classifier, setup, raw, None, started, seen_fooled)
+        return _finish(name, classifier, setup, raw, None, started, verdicts)
 
 
 def fgsm(
@@ -205,6 +206,7 @@ def _per_target(
     setup = _setup(classifier, x, y, eps, norm, constraints)
     x_adv = setup.x.copy()
     robust = np.ones(len(setup.x), dtype=bool)
+    attacked = np.zeros(len(setup.x), dtype=bool)  # x_adv is a result whose success was read
     with torch_attacks.prepared(classifier, setup.x.ndim):
         ranking = np.argsort(-classifier.predict_proba(setup.x), axis=1, kind="stable")
         for rank in range(min(n_targets, classifier.n_classes - 1)):
@@ -218,8 +220,9 @@ def _per_target(
             )
             x_adv[todo] = result.x_adv
             robust[todo[result.success]] = False
-        # each point's x_adv is a projected result whose success its run already read
-        return _finish(name, classifier, setup, x_adv, None, started, ~robust)
+            attacked[todo] = True
+        return _finish(name, classifier, setup, x_adv, None, started,
+                       torch_attacks.Verdicts(attacked, ~robust))
 
 
 def _rank_targets(ranking: np.ndarray, y: np.ndarray, rank: int) -> np.ndarray:
