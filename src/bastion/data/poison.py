@@ -24,7 +24,7 @@ outliers, each with a score per row.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +227,30 @@ def label_issues(
         )
 
 
+@functools.cache
+def _thread_controller() -> Any:
+    """threadpoolctl's view of the loaded thread pools, found once per process (~1 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread(function: Callable[..., None]) -> Callable[..., None]:
+    """`function` run with BLAS limited to one thread. Its work is many small or skinny
+    matrices (per-class covariances, QR of rows x 20 probes), microseconds to milliseconds
+    each, where waking BLAS threads that wait for a busy core costs more than it gives: on 2
+    shared cores a 32 x 32 eigen-decomposition took 20 ms with two threads and 0.1 ms with
+    one, a QR of 1000 x 20 one second."""
+
+    @functools.wraps(function)
+    def limited(*args: Any, **kwargs: Any) -> None:
+        with _thread_controller().limit(limits=1, user_api="blas"):
+            function(*args, **kwargs)
+
+    return limited
+
+
+@_one_blas_thread
 def backdoor_rows(
     result: CheckResult,
     x: np.ndarray,
@@ -242,32 +266,6 @@ def backdoor_rows(
     model fitted on the inputs without the suspect clusters assigns most of its rows to
     other classes. The cheap tests run first, so the dear ones see only clusters still
     suspect."""
-    # One BLAS thread: the work is many small or skinny matrices (per-class covariances,
-    # QR of rows x 20 probes), microseconds to milliseconds each, where waking BLAS threads
-    # that wait for a busy core costs more than it gives: on 2 shared cores a 32 x 32
-    # eigen-decomposition took 20 ms with two threads and 0.1 ms with one, a QR of
-    # 1000 x 20 one second.
-    with _thread_controller().limit(limits=1, user_api="blas"):
-        _backdoor_rows(result, x, space, y, estimator, options, rng)
-
-
-@functools.cache
-def _thread_controller() -> Any:
-    """threadpoolctl's view of the loaded thread pools, found once per process (~1 ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _backdoor_rows(
-    result: CheckResult,
-    x: np.ndarray,
-    space: np.ndarray,
-    y: np.ndarray,
-    estimator: Any,
-    options: CheckOptions,
-    rng: np.random.Generator,
-) -> None:
     spectral, cluster = np.zeros(len(y)), np.zeros(len(y))
     stats = {
         label: {"rows": count, "poisoned": False}
