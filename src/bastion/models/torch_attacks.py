@@ -108,10 +108,10 @@ def _within(x: torch.Tensor, offset: float) -> torch.Tensor:
     the exact ball (as `constraints.project` rounds): a point clamped to it is already where
     the exact projection puts it, so the model's verdict on it during the attack stands.
     Worked out in float64 on the CPU (not every device has float64), once per batch."""
-    exact = x.detach().cpu().double() + offset
-    near = exact.to(x.dtype)
-    beyond = (near.double() - x.detach().cpu().double()).abs() > abs(offset)
-    return torch.where(beyond, torch.nextafter(near, x.detach().cpu()), near).to(x.device)
+    here = x.detach().cpu()
+    near = (here.double() + offset).to(x.dtype)
+    beyond = (near.double() - here.double()).abs() > abs(offset)
+    return torch.where(beyond, torch.nextafter(near, here), near).to(x.device)
 
 
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
@@ -242,18 +242,14 @@ class _Rows:
         self.__dict__.update(tensors)
 
     def drop(self, done: torch.Tensor, x_adv: torch.Tensor, result: torch.Tensor,
-             found: torch.Tensor, fooled: torch.Tensor | None = None,
-             seen: torch.Tensor | None = None) -> bool:
+             found: torch.Tensor, fooled: torch.Tensor | None = None) -> bool:
         """Record the done rows' `x_adv` in `result`, drop them; False once none remain.
-        `found` marks the done rows that are `fooled` (all of them unless given); `seen`, if
-        given, marks every done row (the model classified its recorded `x_adv`)."""
+        `found` marks the done rows that are `fooled` (all of them unless given)."""
         # row numbers, found once, rather than a mask that every tensor would search again
         finished, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
         rows = self.index.index_select(0, finished)
         result.index_copy_(0, rows, x_adv.detach().index_select(0, finished))
         found.index_fill_(0, rows if fooled is None else rows[fooled[finished]], True)
-        if seen is not None:
-            seen.index_fill_(0, rows, True)
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.index_select(0, keep))
@@ -398,13 +394,10 @@ def fgsm_batch(model: Passes, box: Box, y: torch.Tensor) -> torch.Tensor:
 
 def pgd_batch(
     model: Passes, box: Box, y: torch.Tensor, *, steps: int, step_size: float,
-    random_start: bool, generator: torch.Generator, check_last: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    random_start: bool, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Madry et al.'s projected gradient ascent on the cross-entropy, one restart: the
-    iterates, the points found fooled, and the points whose iterate the model classified
-    (fooled or not). Without `check_last` the final iterates are not classified (a last
-    restart's verdicts decide nothing the caller cannot predict itself), which saves a
-    forward pass over the points still going.
+    iterates and the points found fooled. The model classified every returned iterate.
 
     A point whose iterates repeat ends early: one whose step leaves it exactly where it was
     (each coordinate pushed against a bound it already touches), or takes it back to where
@@ -416,7 +409,6 @@ def pgd_batch(
     start = box.random_start(generator) if random_start else box.x.clone()
     result = start.clone()
     found = torch.zeros(len(y), dtype=torch.bool, device=y.device)
-    seen = torch.zeros_like(found)
     rows = _Rows(box, x=start, y=y, before=None)
     for k in range(steps):
         _, grad, logits = model.loss_and_grad(rows.x, rows.y, cross_entropy, None)
@@ -434,14 +426,12 @@ def pgd_batch(
                 ended |= back
                 if (steps - k) % 2 == 1:
                     last = torch.where(_per_row(back, x), rows.x, x)
-        if ended.any() and not rows.drop(ended, last, result, found, fooled=done, seen=seen):
-            return result, found, seen
+        if ended.any() and not rows.drop(ended, last, result, found, fooled=done):
+            return result, found
     result[rows.index] = rows.x
-    if check_last:
-        with torch.no_grad():
-            found[rows.index[_fooled(model.logits(rows.x), rows.y)]] = True
-        seen[rows.index] = True
-    return result, found, seen
+    with torch.no_grad():
+        found[rows.index[_fooled(model.logits(rows.x), rows.y)]] = True
+    return result, found
 
 
 def _same_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -716,12 +706,12 @@ def _attack_chunk(
             )
             classified = found
         elif attack == "pgd":
-            adv, found, classified = pgd_batch(
+            adv, found = pgd_batch(
                 model, sub, y[remaining], steps=steps,
                 step_size=step_size or 2.5 * box.eps / steps,
                 random_start=random_start, generator=generator,
-                check_last=restart < restarts - 1,
             )
+            classified = torch.ones_like(found)
         else:
             adv, found = apgd_batch(
                 model, sub, y[remaining], steps=steps, loss=loss, generator=generator,
